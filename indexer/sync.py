@@ -2,9 +2,9 @@
 
 Unchanged files (same size and mtime) are never opened. New and changed files
 are hashed; a hash the store already holds is a move, a touch or a duplicate
-and reuses the stored vector. Only genuinely new content is decoded (in a
-background pool, overlapped with the encoder) and embedded. Each batch commits
-on its own, so an interrupted run resumes where it stopped.
+and reuses the stored vector and region features. Only genuinely new content is
+decoded (in a background pool, overlapped with the encoder) and embedded. Each
+batch commits on its own, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -89,15 +89,26 @@ def file_hash(data: bytes) -> str:
 
 
 class Indexer:
-    """Keeps a store in sync with photo folders, embedding with ``encoder``."""
+    """Keeps a store in sync with photo folders, embedding with ``encoder``.
+
+    When the encoder has a ``region_key`` (and ``regions`` is True) each new image's region
+    features, for the reranker, come from the same forward pass as its vector and are stored with
+    it; moved and duplicate files keep or copy them. ``regions=False`` stores none.
+    """
 
     def __init__(self, encoder: Encoder, store: Store, *, batch_size: int = 32, workers: int | None = None,
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, regions: bool = True) -> None:
         self.encoder = encoder
         self.store = store
         self.batch_size = batch_size
         self.workers = workers or min(8, (os.cpu_count() or 2))
         self.show_progress = show_progress
+        self.regions = regions
+
+    @property
+    def region_key(self) -> str | None:
+        """The key regions are stored under, or None when this indexer stores no regions."""
+        return (getattr(self.encoder, "region_key", None) or None) if self.regions else None
 
     def sync(self, root: str, progress: ProgressFn | None = None) -> SyncReport:
         """Bring the index up to date with ``root``: add, update, move and remove."""
@@ -108,7 +119,8 @@ class Indexer:
         store = self.store
         store.acquire_writer_lock()
         try:
-            store.bind_encoder(self.encoder.spec, self.encoder.fingerprint, self.encoder.dim)
+            store.bind_encoder(self.encoder.spec, self.encoder.fingerprint, self.encoder.dim,
+                               region_key=self.region_key)
             folder_id = store.add_folder(root)
             report = SyncReport(root=root)
             scan = scan_folder(root, skip_dirs=(str(store.data_dir),))
@@ -249,13 +261,19 @@ class Indexer:
 
     def _flush(self, folder_id: int, batch: list[_Loaded], states: dict[str, FileState], known: dict[str, int],
                report: SyncReport) -> None:
-        """Embed a batch of decoded images and store them, with their EXIF captions, in one transaction."""
-        vectors = self.encoder.encode_pixels(torch.stack([b.pixels for b in batch]))
+        """Embed a batch of decoded images and store them, with their regions and EXIF captions, in one
+        transaction."""
+        pixels = torch.stack([b.pixels for b in batch])
+        regions = None
+        if self.region_key:
+            vectors, regions = self.encoder.encode_pixels_with_regions(pixels)
+        else:
+            vectors = self.encoder.encode_pixels(pixels)
         descriptions = [b.description for b in batch]
         texts = sorted({d for d in descriptions if d})
         text_vecs = dict(zip(texts, self.encoder.encode_texts(texts))) if texts else {}
         with self.store.transaction(tracked=True):
-            ids = self.store.add_images(folder_id, [b.record for b in batch], vectors)
+            ids = self.store.add_images(folder_id, [b.record for b in batch], vectors, regions)
             items = [(i, d, "exif") for i, d in zip(ids, descriptions) if d]
             if items:
                 self.store.add_captions(items, np.stack([text_vecs[d] for _, d, _ in items]))

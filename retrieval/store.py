@@ -77,6 +77,14 @@ captions_table = sa.Table(
     sa.Column("vector", sa.LargeBinary, nullable=False),
 )
 
+regions_table = sa.Table(
+    "regions", _md,
+    sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("tokens", sa.Integer, nullable=False),  # R
+    sa.Column("channels", sa.Integer, nullable=False),  # C
+    sa.Column("data", sa.LargeBinary, nullable=False),  # see _quantise_regions
+)
+
 skipped_table = sa.Table(
     "skipped", _md,
     sa.Column("path", sa.String, primary_key=True),
@@ -161,6 +169,40 @@ class _Delta:
 
 def _to_blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+REGION_KEY_META = "region_key"
+_SQL_CHUNK = 900  # ids per IN (...): below SQLite's old 999-parameter limit
+
+
+def _quantise_regions(regions: np.ndarray) -> list[bytes]:
+    """(n, R, C) floats -> one blob per image: R float32 scales, then R*C int8 codes.
+
+    Each region token gets its own scale s = max|x| over its channels, and q = round(x / s * 127),
+    so x ~ q * s / 127 to within s / 254 (about 15.9 KB per image for 49 x 320). Non-finite
+    values (a float16 overflow, say) are clamped to the finite float16 range first (NaN -> 0).
+    """
+    x = np.asarray(regions, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"regions must be (n, R, C), not {x.shape}")
+    if not np.isfinite(x).all():
+        big = float(np.finfo(np.float16).max)
+        x = np.nan_to_num(x, nan=0.0, posinf=big, neginf=-big)
+    scale = np.abs(x).max(axis=2)  # (n, R)
+    safe = np.where(scale > 0, scale, 1.0)
+    q = np.clip(np.rint(x / safe[:, :, None] * 127.0), -127, 127).astype(np.int8)
+    scale = scale.astype(np.float32)
+    return [scale[i].tobytes() + q[i].tobytes() for i in range(len(x))]
+
+
+def _dequantise_region(blob: bytes, tokens: int, channels: int) -> np.ndarray:
+    """One blob from ``_quantise_regions`` -> float32 (R, C)."""
+    if len(blob) != tokens * 4 + tokens * channels:
+        raise StoreError(f"a stored region blob holds {len(blob)} bytes, not {tokens * (4 + channels)} "
+                         "(run `imgsearch check --repair`)")
+    scale = np.frombuffer(blob, dtype=np.float32, count=tokens)
+    q = np.frombuffer(blob, dtype=np.int8, offset=tokens * 4).reshape(tokens, channels)
+    return q.astype(np.float32) * (scale / 127.0)[:, None]
 
 
 INDEX_KINDS = ("images", "captions")
@@ -426,14 +468,42 @@ class Store:
         raw = self.get_meta("encoder")
         return EncoderInfo(**json.loads(raw)) if raw else None
 
-    def bind_encoder(self, spec: str, fingerprint: str, dim: int) -> None:
-        """Record the encoder of a new index, or check it matches the one the index was built with."""
+    def bind_encoder(self, spec: str, fingerprint: str, dim: int, region_key: str | None = None) -> None:
+        """Record the encoder of a new index, or check it matches the one the index was built with.
+
+        With ``region_key`` (the encoder's region extractor, see ``bind_regions``) the region
+        features are bound too; None leaves any stored regions and their key alone.
+        """
         info = self.encoder_info
         if info is None:
             with self.transaction() as conn:
                 self._set_meta(conn, "encoder", json.dumps({"spec": spec, "fingerprint": fingerprint, "dim": dim}))
-            return
-        self.check_encoder(fingerprint, spec)
+        else:
+            self.check_encoder(fingerprint, spec)
+        if region_key:
+            self.bind_regions(region_key)
+
+    @property
+    def region_key(self) -> str | None:
+        """The region extractor whose features ``add_images`` stores, or None when none is bound."""
+        return self.get_meta(REGION_KEY_META)
+
+    def bind_regions(self, key: str) -> bool:
+        """Store region features under ``key`` from now on.
+
+        Regions are derived data: if the index holds regions of another key they are all
+        deleted (the images stay; ``get_regions`` reports them not found). Returns True when
+        regions were dropped. Vectors are untouched, so the generation does not move.
+        """
+        if not key:
+            raise ValueError("a region key must be a non-empty string")
+        with self._tx() as conn:
+            old = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == REGION_KEY_META)).scalar()
+            if old == key:
+                return False
+            dropped = conn.execute(sa.delete(regions_table)).rowcount > 0
+            self._set_meta(conn, REGION_KEY_META, key)
+        return dropped
 
     def check_encoder(self, fingerprint: str, spec: str = "") -> None:
         """Raise EncoderMismatchError unless the index was built with this encoder fingerprint."""
@@ -531,13 +601,15 @@ class Store:
             self._lock_fd = None
 
     def clear(self) -> None:
-        """Empty the index (rows, vectors, encoder binding, FAISS files) for a rebuild; needs the writer lock."""
+        """Empty the index (rows, vectors, regions, encoder and region bindings, FAISS files) for a rebuild;
+        needs the writer lock."""
         if self._lock_fd is None:
             raise StoreError("clearing an index needs the writer lock (acquire_writer_lock)")
         with self.transaction() as conn:
-            for table in (captions_table, image_vectors_table, skipped_table, images_table, folders_table):
+            for table in (captions_table, regions_table, image_vectors_table, skipped_table, images_table,
+                          folders_table):
                 conn.execute(sa.delete(table))
-            conn.execute(sa.delete(meta_table).where(meta_table.c.key == "encoder"))
+            conn.execute(sa.delete(meta_table).where(meta_table.c.key.in_(["encoder", REGION_KEY_META])))
         for kind in ("images", "captions"):
             for path in (self._index_path(kind).with_suffix(".json"), self._index_path(kind)):
                 with contextlib.suppress(FileNotFoundError):
@@ -581,13 +653,25 @@ class Store:
         with self._connect() as conn:
             return {h: i for i, h in conn.execute(sa.select(images_table.c.id, images_table.c.hash))}
 
-    def add_images(self, folder_id: int, records: Sequence[ImageRecord], vectors: np.ndarray) -> list[int]:
-        """Insert images with their vectors; returns their new ids."""
+    def add_images(self, folder_id: int, records: Sequence[ImageRecord], vectors: np.ndarray,
+                   regions: np.ndarray | None = None) -> list[int]:
+        """Insert images with their vectors (and, optionally, region features (n, R, C) stored
+        int8-quantised under the bound region key, see ``bind_regions``), all in one transaction;
+        returns their new ids."""
         if len(records) != len(vectors):
             raise ValueError("one vector per record")
+        blobs = None
+        if regions is not None:
+            regions = np.asarray(regions)
+            if len(regions) != len(records):
+                raise ValueError("one region array per record")
+            blobs = _quantise_regions(regions)
+            tokens, channels = int(regions.shape[1]), int(regions.shape[2])
         now = time.time()
         ids = []
         with self._tx() as conn:
+            if blobs is not None:
+                self._check_region_shape(conn, tokens, channels)
             for rec, vec in zip(records, vectors):
                 self._drop_path(conn, rec.path)
                 iid = conn.execute(images_table.insert().values(
@@ -596,10 +680,64 @@ class Store:
                 self._record("images", add=(iid, vec))
                 conn.execute(sa.delete(skipped_table).where(skipped_table.c.path == rec.path))
                 ids.append(int(iid))
+            if blobs is not None and ids:
+                conn.execute(regions_table.insert(), [{"image_id": i, "tokens": tokens, "channels": channels, "data": b}
+                                                      for i, b in zip(ids, blobs)])
         return ids
 
+    def _check_region_shape(self, conn: sa.Connection, tokens: int, channels: int) -> None:
+        """Refuse regions when no key is bound, or of another shape than those already stored under it."""
+        if conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == REGION_KEY_META)).scalar() is None:
+            raise StoreError("regions can only be stored after their key is bound (bind_regions)")
+        r = regions_table.c
+        have = conn.execute(sa.select(r.tokens, r.channels).limit(1)).first()
+        if have is not None and tuple(have) != (tokens, channels):
+            raise StoreError(f"regions of shape ({tokens}, {channels}) cannot join the stored ones of shape "
+                             f"({have[0]}, {have[1]}) under the same region key")
+
+    def get_regions(self, image_ids: Sequence[int], key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Dequantised region features of these images: float32 (n, R, C), in the order asked, and
+        a bool (n,) ``found``. Images without stored regions, or every image when ``key`` is not
+        the bound region key, come back as zeros with found False; (R, C) is (0, 0) when nothing
+        under ``key`` is stored at all."""
+        ids = [int(i) for i in image_ids]
+        found = np.zeros(len(ids), dtype=bool)
+        rows: dict[int, tuple[int, int, bytes]] = {}
+        r = regions_table.c
+        with self._connect() as conn:
+            stored_key = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == REGION_KEY_META)).scalar()
+            if stored_key is None or stored_key != key:
+                return np.zeros((len(ids), 0, 0), np.float32), found
+            wanted = sorted(set(ids))
+            for i in range(0, len(wanted), _SQL_CHUNK):
+                q = sa.select(r.image_id, r.tokens, r.channels, r.data).where(r.image_id.in_(wanted[i:i + _SQL_CHUNK]))
+                rows.update({iid: (t, c, d) for iid, t, c, d in conn.execute(q)})
+            if rows:
+                shape = next(iter(rows.values()))[:2]
+            else:
+                shape = tuple(conn.execute(sa.select(r.tokens, r.channels).limit(1)).first() or (0, 0))
+        out = np.zeros((len(ids), *shape), np.float32)
+        for pos, iid in enumerate(ids):
+            row = rows.get(iid)
+            if row is not None and row[:2] == shape:
+                out[pos] = _dequantise_region(row[2], *shape)
+                found[pos] = True
+        return out, found
+
+    def region_info(self) -> dict:
+        """What region features the index holds: key, count, shape [R, C] and bytes per image
+        (None where nothing is stored), and total bytes."""
+        r = regions_table.c
+        with self._connect() as conn:
+            key = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == REGION_KEY_META)).scalar()
+            n, total = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(r.data)), 0))
+                                    .select_from(regions_table)).one()
+            shape = conn.execute(sa.select(r.tokens, r.channels).limit(1)).first()
+        return {"key": key, "count": int(n), "shape": list(shape) if shape else None,
+                "bytes_per_image": round(int(total) / n) if n else None, "bytes": int(total)}
+
     def copy_image(self, source_id: int, folder_id: int, record: ImageRecord) -> int:
-        """Insert a duplicate of an indexed image at a new path, reusing its vector and EXIF captions."""
+        """Insert a duplicate of an indexed image at a new path, reusing its vector, regions and EXIF captions."""
         with self._tx() as conn:
             src = conn.execute(sa.select(images_table).where(images_table.c.id == source_id)).one()
             vec = conn.execute(sa.select(image_vectors_table.c.vector)
@@ -611,6 +749,10 @@ class Store:
                 folder_id=folder_id, indexed_at=time.time(), **new)).inserted_primary_key[0])
             conn.execute(image_vectors_table.insert().values(image_id=iid, vector=vec))
             self._record("images", add=(iid, np.frombuffer(vec, dtype=np.float32)))
+            r = regions_table.c
+            conn.execute(regions_table.insert().from_select(
+                ["image_id", "tokens", "channels", "data"],
+                sa.select(sa.literal(iid), r.tokens, r.channels, r.data).where(r.image_id == source_id)))
             for cap in conn.execute(sa.select(captions_table).where(
                     (captions_table.c.image_id == source_id) & (captions_table.c.source == "exif"))).all():
                 cid = conn.execute(captions_table.insert().values(image_id=iid, text=cap.text, source="exif",
@@ -634,7 +776,8 @@ class Store:
             conn.execute(images_table.update().where(images_table.c.id == image_id).values(**values))
 
     def _drop_path(self, conn: sa.Connection, path: str, keep: int | None = None) -> None:
-        """Delete the image row at ``path`` (but not ``keep``), its vector and captions, recording the change."""
+        """Delete the image row at ``path`` (but not ``keep``), its vector, regions and captions, recording
+        the change."""
         q = sa.select(images_table.c.id).where(images_table.c.path == path)
         if keep is not None:
             q = q.where(images_table.c.id != keep)
@@ -645,11 +788,12 @@ class Store:
         self._record("captions", remove=conn.execute(
             sa.select(captions_table.c.id).where(captions_table.c.image_id.in_(old))).scalars())
         conn.execute(sa.delete(captions_table).where(captions_table.c.image_id.in_(old)))
+        conn.execute(sa.delete(regions_table).where(regions_table.c.image_id.in_(old)))
         conn.execute(sa.delete(image_vectors_table).where(image_vectors_table.c.image_id.in_(old)))
         conn.execute(sa.delete(images_table).where(images_table.c.id.in_(old)))
 
     def remove_images(self, ids: Iterable[int]) -> int:
-        """Delete images (and their captions and vectors); returns how many were removed."""
+        """Delete images (and their captions, regions and vectors); returns how many were removed."""
         ids = list(ids)
         n = 0
         with self._tx() as conn:
@@ -659,6 +803,7 @@ class Store:
                     sa.select(captions_table.c.id).where(captions_table.c.image_id.in_(chunk))).scalars())
                 self._record("images", remove=chunk)
                 conn.execute(sa.delete(captions_table).where(captions_table.c.image_id.in_(chunk)))
+                conn.execute(sa.delete(regions_table).where(regions_table.c.image_id.in_(chunk)))
                 conn.execute(sa.delete(image_vectors_table).where(image_vectors_table.c.image_id.in_(chunk)))
                 n += conn.execute(sa.delete(images_table).where(images_table.c.id.in_(chunk))).rowcount
         return n
@@ -1005,10 +1150,12 @@ class Store:
 
         Finds FAISS ids without rows and rows missing from FAISS, images without vectors (and
         vectors without images), vectors of the wrong dimension, orphan captions, stale, corrupt or
-        missing FAISS files, a FAISS file claiming a generation the database never reached, and
-        indexed photos whose files vanished. With ``repair`` (which takes the writer lock, so it
-        refuses while an indexer runs) it drops the broken rows, so the next `imgsearch index`
-        embeds those photos again, and rebuilds both FAISS files from the stored vectors. Vanished
+        missing FAISS files, a FAISS file claiming a generation the database never reached, region
+        rows of no image (or of the wrong size), and indexed photos whose files vanished; images
+        without regions are fine (older indexes, encoders without them). With ``repair`` (which
+        takes the writer lock, so it refuses while an indexer runs) it drops the broken rows, so
+        the next `imgsearch index` embeds those photos again, and rebuilds both FAISS files from
+        the stored vectors (not for broken region rows alone: they hold no vectors). Vanished
         files are only reported: the next `imgsearch index` of their folder removes them.
         """
         if repair:
@@ -1027,13 +1174,16 @@ class Store:
         info = self.encoder_info
         gen = self.generation
         report = CheckReport(data_dir=str(self.data_dir), generation=gen, writer_active=self._writer_active())
-        im, iv, cp = images_table.c, image_vectors_table.c, captions_table.c
+        im, iv, cp, rg = images_table.c, image_vectors_table.c, captions_table.c, regions_table.c
         with self._connect() as conn:
             paths = dict(conn.execute(sa.select(im.id, im.path)).all())
+            regions = {r.image_id: (r.n, r.tokens, r.channels) for r in conn.execute(
+                sa.select(rg.image_id, rg.tokens, rg.channels, sa.func.length(rg.data).label("n")))}
+            region_key = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == REGION_KEY_META)).scalar()
             vec_len = dict(conn.execute(sa.select(iv.image_id, sa.func.length(iv.vector))).all())
             caps = {r.id: (r.image_id, r.n) for r in conn.execute(
                 sa.select(cp.id, cp.image_id, sa.func.length(cp.vector).label("n")))}
-        report.images, report.captions = len(paths), len(caps)
+        report.images, report.captions, report.regions = len(paths), len(caps), len(regions)
         nbytes = info.dim * 4 if info else None
 
         def issue(kind: str, ids, message: str, repairable: bool = True) -> None:
@@ -1051,6 +1201,12 @@ class Store:
         issue("image_vector_dim", bad_img, f"image vector(s) whose size is not {info.dim if info else '?'} floats")
         issue("orphan_caption", {i for i, (img, _) in caps.items() if img not in paths}, "caption(s) of no image")
         issue("caption_vector_dim", bad_cap, f"caption vector(s) whose size is not {info.dim if info else '?'} floats")
+        # regions are optional (older indexes, encoders without them): only broken rows count
+        issue("orphan_region", set(regions) - set(paths), "region row(s) of no image")
+        issue("region_size", {i for i, (n, t, c) in regions.items() if n != t * (4 + c)},
+              "region row(s) whose size does not match their shape")
+        if regions and region_key is None:
+            issue("region_unbound", set(regions), "region row(s) stored without a region key")
         gone = [p for p in paths.values() if not os.path.lexists(p)]
         if gone:
             report.issues.append(CheckIssue("missing_file", f"{len(gone)} indexed photo(s) no longer on disk "
@@ -1122,6 +1278,12 @@ class Store:
     def _repair(self, report: "CheckReport") -> list[str]:
         """Drop the rows the check found broken, then rebuild both FAISS files from the stored vectors."""
         by_kind = {i.kind: i for i in report.issues}
+        # Region rows hold no vectors: fixing them is a tracked transaction that leaves the
+        # generation (and so the FAISS files) alone.
+        with self._tx() as conn:
+            region_done = self._repair_regions(conn)
+        if not any(i.repairable and i.kind not in _REGION_ISSUES for i in report.issues):
+            return region_done
         done: list[str] = []
         im, iv, cp = images_table.c, image_vectors_table.c, captions_table.c
         info = self.encoder_info
@@ -1135,6 +1297,7 @@ class Store:
             for i in range(0, len(drop), 500):
                 chunk = drop[i:i + 500]
                 conn.execute(sa.delete(captions_table).where(cp.image_id.in_(chunk)))
+                conn.execute(sa.delete(regions_table).where(regions_table.c.image_id.in_(chunk)))
                 conn.execute(sa.delete(image_vectors_table).where(iv.image_id.in_(chunk)))
                 conn.execute(sa.delete(images_table).where(im.id.in_(chunk)))
             if drop:
@@ -1160,7 +1323,27 @@ class Store:
             self._loaded_generation = -1
             self.save_indexes()
             done.append("rebuilt images.faiss and captions.faiss from the stored vectors")
+        return region_done + done
+
+    def _repair_regions(self, conn: sa.Connection) -> list[str]:
+        """Drop region rows of no image, of the wrong size, or stored with no region key bound."""
+        done = []
+        rg = regions_table.c
+        n = conn.execute(sa.delete(regions_table).where(~rg.image_id.in_(sa.select(images_table.c.id)))).rowcount
+        if n:
+            done.append(f"dropped {n} region row(s) of no image")
+        n = conn.execute(sa.delete(regions_table).where(
+            sa.func.length(rg.data) != rg.tokens * (4 + rg.channels))).rowcount
+        if n:
+            done.append(f"dropped {n} region row(s) of the wrong size")
+        if conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == REGION_KEY_META)).scalar() is None:
+            n = conn.execute(sa.delete(regions_table)).rowcount
+            if n:
+                done.append(f"dropped {n} region row(s) stored without a region key")
         return done
+
+
+_REGION_ISSUES = frozenset({"orphan_region", "region_size", "region_unbound"})
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -1202,6 +1385,7 @@ class CheckReport:
     generation: int = 0
     images: int = 0
     captions: int = 0
+    regions: int = 0  # images with stored region features
     writer_active: bool = False
     issues: list[CheckIssue] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)

@@ -108,3 +108,131 @@ def test_captions_search_and_text_vector_reuse(tmp_path):
     reused = store.caption_vectors_for_texts(["a red ball", "unknown"])
     assert list(reused) == ["a red ball"]
     np.testing.assert_allclose(reused["a red ball"], vecs[0])
+
+
+# -- region features (int8 with one scale per token) -------------------------------------------
+
+def fake_regions(n: int, tokens: int = 49, channels: int = 320, seed: int = 0) -> np.ndarray:
+    """float16 (n, R, C) with very different magnitudes per token, and one all-zero token."""
+    rng = np.random.default_rng(seed)
+    scale = 10.0 ** rng.uniform(-3, 2, size=(n, tokens, 1))
+    r = (rng.normal(size=(n, tokens, channels)) * scale).astype(np.float16)
+    r[0, 0] = 0
+    return r
+
+
+def test_regions_round_trip_within_one_quantisation_step(tmp_path):
+    store = Store(tmp_path / "db")
+    store.bind_encoder("fake", "fake:1", 16, region_key="fake-regions")
+    folder = store.add_folder("/photos")
+    recs = [ImageRecord(f"/photos/{i}.jpg", i, i, f"h{i}") for i in range(6)]
+    regions = fake_regions(4)
+    ids = store.add_images(folder, recs[:4], unit(np.random.default_rng(0), 4, 16), regions)
+    plain = store.add_images(folder, recs[4:], unit(np.random.default_rng(1), 2, 16))  # no regions
+
+    ask = [ids[2], 999_999, ids[0], plain[0], ids[3], ids[1], ids[2]]
+    got, found = store.get_regions(ask, "fake-regions")
+    assert got.dtype == np.float32 and got.shape == (7, 49, 320)
+    assert found.dtype == bool and found.tolist() == [True, False, True, False, True, True, True]
+    assert not got[~found].any()  # not found -> zeros
+    x = regions.astype(np.float32)[[2, 0, 3, 1, 2]]
+    s = np.abs(x).max(axis=2, keepdims=True)
+    err = np.abs(got[found] - x)
+    assert (err <= s / 127 * (1 + 1e-3) + 1e-7).all()
+    assert (err <= s / 254 * (1 + 1e-3) + 1e-7).all()  # rounding: half a step
+    assert not got[2][0].any()  # the all-zero token (regions[0, 0]) stays zero
+
+    info = store.region_info()
+    assert info == {"key": "fake-regions", "count": 4, "shape": [49, 320], "bytes_per_image": 49 * 320 + 49 * 4,
+                    "bytes": 4 * (49 * 320 + 49 * 4)}
+
+    other, found = store.get_regions(ids, "another-extractor")
+    assert not found.any() and not other.any() and len(other) == 4
+    empty, found = store.get_regions([], "fake-regions")
+    assert empty.shape == (0, 49, 320) and found.shape == (0,)
+
+
+def test_regions_follow_their_images_and_a_new_key_drops_them(tmp_path):
+    store = Store(tmp_path / "db")
+    store.bind_encoder("fake", "fake:1", 16)
+    folder = store.add_folder("/photos")
+    vecs = unit(np.random.default_rng(0), 3, 16)
+    recs = [ImageRecord(f"/photos/{i}.jpg", i, i, f"h{i}") for i in range(3)]
+    with pytest.raises(StoreError, match="bind_regions"):
+        store.add_images(folder, recs, vecs, fake_regions(3, 4, 8))
+    assert store.count_images() == 0  # nothing half-written
+    assert store.bind_regions("k1") is False
+    ids = store.add_images(folder, recs, vecs, fake_regions(3, 4, 8))
+    with pytest.raises(StoreError, match="shape"):
+        store.add_images(folder, [ImageRecord("/photos/x.jpg", 1, 1, "x")], vecs[:1], fake_regions(1, 5, 8))
+    with pytest.raises(ValueError, match="one region array per record"):
+        store.add_images(folder, [ImageRecord("/photos/x.jpg", 1, 1, "x")], vecs[:1], fake_regions(2, 4, 8))
+
+    dup = store.copy_image(ids[0], folder, ImageRecord("/photos/dup.jpg", 0, 0, "h0"))
+    a, found = store.get_regions([ids[0], dup], "k1")
+    assert found.all()
+    np.testing.assert_array_equal(a[0], a[1])
+    # re-adding an image at the same path replaces its regions, removing an image drops them
+    new = store.add_images(folder, [recs[1]], vecs[1:2], fake_regions(1, 4, 8, seed=5))
+    store.remove_images([ids[2]])
+    _, found = store.get_regions([ids[1], new[0], ids[2]], "k1")
+    assert found.tolist() == [False, True, False]
+    assert store.region_info()["count"] == 3  # ids[0], dup, new
+
+    gen = store.generation
+    assert store.bind_regions("k1") is False and store.region_info()["count"] == 3
+    assert store.bind_regions("k2") is True  # another extractor: the old regions are derived data, dropped
+    assert store.region_info() == {"key": "k2", "count": 0, "shape": None, "bytes_per_image": None, "bytes": 0}
+    assert store.generation == gen  # no vector changed
+    assert store.count_images() == 3  # ids[0], dup, new (ids[1] replaced, ids[2] removed)
+    got, found = store.get_regions([ids[0]], "k2")
+    assert not found.any() and got.shape == (1, 0, 0)  # nothing under k2 yet: no shape to give
+
+
+def test_get_regions_of_many_ids_in_the_order_asked(tmp_path):
+    store = Store(tmp_path / "db")
+    store.bind_encoder("fake", "fake:1", 4, region_key="k")
+    folder = store.add_folder("/photos")
+    n = 1000
+    regions = fake_regions(n, 2, 3)
+    ids = store.add_images(folder, [ImageRecord(f"/p/{i}.jpg", i, i, f"h{i}") for i in range(n)],
+                           unit(np.random.default_rng(0), n, 4), regions)
+    order = np.random.default_rng(1).permutation(n)
+    got, found = store.get_regions([ids[i] for i in order], "k")
+    assert found.all()
+    x = regions.astype(np.float32)[order]
+    assert (np.abs(got - x) <= np.abs(x).max(axis=2, keepdims=True) / 127 + 1e-6).all()
+
+
+def test_non_finite_regions_are_clamped_not_stored_as_nan(tmp_path):
+    store = Store(tmp_path / "db")
+    store.bind_encoder("fake", "fake:1", 4, region_key="k")
+    r = np.ones((1, 2, 3), np.float16)
+    r[0, 0, 0], r[0, 1, 1] = np.inf, np.nan
+    ids = store.add_images(store.add_folder("/p"), [ImageRecord("/p/a.jpg", 1, 1, "a")],
+                           unit(np.random.default_rng(0), 1, 4), r)
+    got, found = store.get_regions(ids, "k")
+    assert found.all() and np.isfinite(got).all() and got[0, 1, 1] == 0
+
+
+def test_old_database_without_regions_table_opens_and_searches(tmp_path):
+    import sqlite3
+
+    store = Store(tmp_path / "db")
+    ids, vecs = fill(store, 10)
+    store.save_indexes()
+    store.close()
+    with sqlite3.connect(tmp_path / "db" / "imgsearch.sqlite") as db:
+        db.execute("DROP TABLE regions")
+    reopened = Store(tmp_path / "db", create=False)
+    _, found = reopened.search_images(vecs[:1], k=1)
+    assert found[0, 0] == ids[0]
+    assert reopened.region_info()["count"] == 0 and reopened.region_key is None
+    got, ok = reopened.get_regions(ids, "fake-regions")
+    assert not ok.any()
+    report = reopened.check()
+    assert report.ok and {i.kind for i in report.issues} == {"missing_file"} and report.regions == 0
+    # the index can then start storing regions
+    reopened.bind_regions("fake-regions")
+    new = reopened.add_images(1, [ImageRecord("/photos/new.jpg", 1, 1, "new")], vecs[:1], fake_regions(1, 2, 3))
+    assert reopened.get_regions(new, "fake-regions")[1].all()

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from conftest import make_photo
+from conftest import FakeEncoder, make_photo
 from indexer.sync import FolderError, Indexer
+from retrieval.images import load_image_and_info
 from retrieval.store import Store
 
 
@@ -214,3 +216,164 @@ def test_rebuild_clears_the_index_under_the_lock(fake_encoder, photo_dir, tmp_pa
     store.release_writer_lock()
     report, _ = index(fake_encoder, tmp_path / "db", photo_dir)
     assert report.added == 6 and fake_encoder.images_embedded == 12
+
+
+# -- region features for the reranker ----------------------------------------------------------
+
+class RegionEncoder(FakeEncoder):
+    """FakeEncoder plus region tokens: the 16 2x2 patches of its 8x8 pixels, 12 values each."""
+
+    region_key = "fake-regions"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.region_batches = 0
+
+    @staticmethod
+    def regions_of(pixels: torch.Tensor) -> np.ndarray:
+        n = len(pixels)
+        patches = pixels.reshape(n, 3, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, 16, 12)
+        return (patches * 3).half().numpy()
+
+    def encode_pixels_with_regions(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        self.region_batches += 1
+        return self.encode_pixels(pixels), self.regions_of(pixels)
+
+
+def expected_regions(encoder: RegionEncoder, path: Path) -> np.ndarray:
+    image, _ = load_image_and_info(str(path), target_size=encoder.image_size)
+    return encoder.regions_of(encoder.preprocess(image)[None])[0].astype(np.float32)
+
+
+def regions_of(db: Path, paths, key: str = "fake-regions") -> tuple[np.ndarray, np.ndarray]:
+    with Store(db) as store:
+        return store.get_regions([store.image_by_path(str(p)).id for p in paths], key)
+
+
+def test_every_indexed_image_gets_its_regions(photo_dir, tmp_path):
+    enc = RegionEncoder()
+    report, _ = index(enc, tmp_path / "db", photo_dir)
+    assert report.added == 6 and enc.region_batches == 2  # batch_size 4: same forward pass as the vectors
+    paths = sorted(p for p in photo_dir.rglob("*") if p.is_file())
+    got, found = regions_of(tmp_path / "db", paths)
+    assert found.all() and got.shape == (6, 16, 12)
+    for g, p in zip(got, paths):
+        x = expected_regions(enc, p)
+        assert (np.abs(g - x) <= np.abs(x).max(axis=1, keepdims=True) / 127 + 1e-3).all()
+    with Store(tmp_path / "db") as store:
+        info = store.region_info()
+        assert (info["key"], info["count"], info["bytes_per_image"]) == ("fake-regions", 6, 16 * 12 + 16 * 4)
+        assert store.check().regions == 6
+
+
+def test_moved_and_duplicated_files_keep_their_regions_without_re_embedding(photo_dir, tmp_path, monkeypatch):
+    enc = RegionEncoder()
+    index(enc, tmp_path / "db", photo_dir)
+    before, _ = regions_of(tmp_path / "db", [photo_dir / "a.jpg", photo_dir / "b.png"])
+
+    monkeypatch.setattr(enc, "encode_pixels_with_regions", lambda p: pytest.fail("re-embedded a known photo"))
+    monkeypatch.setattr(enc, "encode_pixels", lambda p: pytest.fail("re-embedded a known photo"))
+    (photo_dir / "moved").mkdir()
+    shutil.move(photo_dir / "a.jpg", photo_dir / "moved" / "renamed.jpg")
+    shutil.copy(photo_dir / "b.png", photo_dir / "copy_of_b.png")
+    report, _ = index(enc, tmp_path / "db", photo_dir)
+    assert (report.moved, report.duplicates, report.added, report.embedded) == (1, 1, 0, 0)
+
+    after, found = regions_of(tmp_path / "db", [photo_dir / "moved" / "renamed.jpg", photo_dir / "copy_of_b.png"])
+    assert found.all()
+    np.testing.assert_array_equal(after, before)
+    with Store(tmp_path / "db") as store:
+        assert store.region_info()["count"] == 7
+
+
+def test_deleted_files_and_clear_drop_their_regions(photo_dir, tmp_path):
+    enc = RegionEncoder()
+    index(enc, tmp_path / "db", photo_dir)
+    with Store(tmp_path / "db") as store:
+        gone = store.image_by_path(str(photo_dir / "sub" / "e.jpg")).id
+    (photo_dir / "sub" / "e.jpg").unlink()
+    report, _ = index(enc, tmp_path / "db", photo_dir)
+    assert report.removed == 1
+    with Store(tmp_path / "db") as store:
+        assert not store.get_regions([gone], "fake-regions")[1].any()
+        assert store.region_info()["count"] == 5
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM regions WHERE image_id = ?", (gone,)).scalar() == 0
+        store.acquire_writer_lock()
+        store.clear()
+        store.release_writer_lock()
+        assert store.region_info() == {"key": None, "count": 0, "shape": None, "bytes_per_image": None, "bytes": 0}
+    report, _ = index(enc, tmp_path / "db", photo_dir)  # a rebuild stores them again
+    with Store(tmp_path / "db") as store:
+        assert store.region_info()["count"] == report.added == 5
+
+
+def test_check_finds_and_repairs_an_orphan_region_row(photo_dir, tmp_path):
+    enc = RegionEncoder()
+    index(enc, tmp_path / "db", photo_dir)
+    with Store(tmp_path / "db") as store:
+        assert store.check().issues == []
+        gen = store.generation
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.exec_driver_sql("INSERT INTO regions (image_id, tokens, channels, data) VALUES (9999, 1, 2, ?)",
+                                 (b"\0" * 6,))
+        report = store.check()
+        assert [(i.kind, i.examples) for i in report.issues] == [("orphan_region", [9999])] and not report.ok
+        fixed = store.check(repair=True)
+        assert fixed.repaired == ["dropped 1 region row(s) of no image"] and fixed.remaining == [] and fixed.ok
+        assert store.generation == gen  # no vector changed: the FAISS files stay current
+        assert store.check().issues == [] and store.region_info()["count"] == 6
+
+
+def test_images_without_regions_are_not_a_check_issue(photo_dir, tmp_path):
+    index(FakeEncoder(), tmp_path / "db", photo_dir)  # an encoder without regions
+    make_photo(photo_dir / "new.png", seed=50)
+    index(RegionEncoder(), tmp_path / "db", photo_dir)  # same fingerprint, now with regions
+    with Store(tmp_path / "db") as store:
+        assert store.region_info()["count"] == 1
+        report = store.check()
+        assert report.issues == [] and report.regions == 1
+
+
+def test_regions_can_be_turned_off(photo_dir, tmp_path):
+    enc = RegionEncoder()
+    store = Store(tmp_path / "db")
+    report = Indexer(enc, store, batch_size=4, show_progress=False, regions=False).sync(str(photo_dir))
+    assert report.added == 6 and enc.region_batches == 0 and enc.images_embedded == 6
+    assert store.region_info() == {"key": None, "count": 0, "shape": None, "bytes_per_image": None, "bytes": 0}
+    store.close()
+
+
+def test_a_new_region_key_drops_the_old_regions(photo_dir, tmp_path):
+    index(RegionEncoder(), tmp_path / "db", photo_dir)
+    enc = RegionEncoder()
+    enc.region_key = "fake-regions-v2"
+    make_photo(photo_dir / "new.png", seed=50)
+    index(enc, tmp_path / "db", photo_dir)
+    _, old = regions_of(tmp_path / "db", [photo_dir / "a.jpg", photo_dir / "new.png"], "fake-regions")
+    _, new = regions_of(tmp_path / "db", [photo_dir / "a.jpg", photo_dir / "new.png"], "fake-regions-v2")
+    assert old.tolist() == [False, False] and new.tolist() == [False, True]
+
+
+def test_interrupted_run_never_leaves_an_image_without_its_regions(photo_dir, tmp_path):
+    for i in range(10):
+        make_photo(photo_dir / f"more_{i}.png", seed=100 + i)
+    enc = RegionEncoder()
+    real = enc.encode_pixels_with_regions
+
+    def crashing(pixels):
+        if enc.region_batches == 2:
+            raise KeyboardInterrupt()
+        return real(pixels)
+
+    enc.encode_pixels_with_regions = crashing
+    with pytest.raises(KeyboardInterrupt):
+        index(enc, tmp_path / "db", photo_dir)
+    with Store(tmp_path / "db") as store:
+        assert store.count_images() == 8 and store.region_info()["count"] == 8
+    enc.encode_pixels_with_regions = real
+    index(enc, tmp_path / "db", photo_dir)
+    with Store(tmp_path / "db") as store:
+        ids = list(store.file_states(1).values())
+        assert len(ids) == 16 and store.get_regions([s.id for s in ids], "fake-regions")[1].all()

@@ -119,6 +119,23 @@ class DefaultEncoder(EncoderBase):
             emb = self._image_embed(self.image_features(pixels))
             return F.normalize(emb.float(), dim=-1).cpu().numpy().astype(np.float32)
 
+    def encode_pixels_with_regions(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_pixels`` plus the region tokens (n, 49, 320) float16 of the same forward pass."""
+        with torch.inference_mode():
+            feats = self.image_features(pixels)
+            emb = self._image_embed(feats)
+            regions = feats.regions.flatten(2).transpose(1, 2).half().cpu().numpy()
+            return F.normalize(emb.float(), dim=-1).cpu().numpy().astype(np.float32), regions
+
+    @property
+    def region_key(self) -> str:
+        """Identifies the region features (tower weights + preprocessing) stored for the reranker."""
+        if not hasattr(self, "_region_key"):
+            extra = json.dumps({"kind": "effnet-lite-blocks", "variant": self.config.image_variant,
+                                "size": self.image_size}, sort_keys=True)
+            self._region_key = "effnet:" + state_digest([self.image_tower], extra)
+        return self._region_key
+
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
         with torch.inference_mode():
             emb = self._text_embed(texts)

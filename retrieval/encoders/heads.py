@@ -136,8 +136,12 @@ def blend(learned: torch.Tensor, base: torch.Tensor, w: float) -> torch.Tensor:
 
 def rich_image_features(encoder, pixels: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Named features of the bundled image tower (a ``DefaultEncoder``) for a preprocessed batch."""
+    return features_from(encoder, encoder.image_features(pixels), names)
+
+
+def features_from(encoder, f, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Named features from the bundled tower's raw outputs ``f`` (an ``ImageFeatures``)."""
     names = list(names or RICH_IMAGE_DIMS)
-    f = encoder.image_features(pixels)
     out: dict[str, torch.Tensor] = {}
     for n in names:
         if n == "pooled":
@@ -336,6 +340,29 @@ class TrainedEncoder(EncoderBase):
             feats = self._image_inputs(pixels)
             out = blend(self.heads.embed_image(feats), feats[self.config.image_blend_input], self.config.blend)
             return F.normalize(out.float(), dim=-1).cpu().numpy()
+
+    @property
+    def region_key(self) -> str | None:
+        """The base's region key (the heads do not change region features); None when it has none."""
+        return getattr(self.base, "region_key", None)
+
+    def encode_pixels_with_regions(self, pixels: torch.Tensor):
+        """``encode_pixels`` plus the base's region tokens from the same forward pass."""
+        if not self.rich:
+            if not hasattr(self.base, "encode_pixels_with_regions"):
+                raise AttributeError("encode_pixels_with_regions")
+            base_vecs, regions = self.base.encode_pixels_with_regions(pixels)
+            with torch.inference_mode():
+                feats = {"base": torch.from_numpy(base_vecs).to(self.device)}
+                out = blend(self.heads.embed_image(feats), feats["base"], self.config.blend)
+                return F.normalize(out.float(), dim=-1).cpu().numpy(), regions
+        with torch.inference_mode():
+            names = list(dict.fromkeys(self.config.image_inputs + [self.config.image_blend_input]))
+            f = self.base.image_features(pixels)
+            feats = features_from(self.base, f, names)
+            out = blend(self.heads.embed_image(feats), feats[self.config.image_blend_input], self.config.blend)
+            regions = f.regions.flatten(2).transpose(1, 2).half().cpu().numpy()
+            return F.normalize(out.float(), dim=-1).cpu().numpy(), regions
 
     def _encode_text_batch(self, texts: list[str]):
         with torch.inference_mode():

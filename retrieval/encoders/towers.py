@@ -31,11 +31,12 @@ def quiet_stdout():
 
 @dataclass
 class ImageFeatures:
-    """What the image tower gives for a batch: ImageNet logits, pooled features, spatial map."""
+    """What the image tower gives for a batch: ImageNet logits, pooled features, spatial maps."""
 
     logits: torch.Tensor  # (n, 1000)
     pooled: torch.Tensor  # (n, 1280)
-    spatial: torch.Tensor  # (n, 1280, 7, 7)
+    spatial: torch.Tensor  # (n, 1280, 7, 7): after the 1x1 head convolution
+    regions: torch.Tensor  # (n, 320, 7, 7): the last block's output (the head's input), compact region features
 
 
 class EfficientNetLiteTower(torch.nn.Module):
@@ -55,10 +56,18 @@ class EfficientNetLiteTower(torch.nn.Module):
         return preprocess_center_crop(image, self.image_size, IMAGENET_MEAN, IMAGENET_STD)
 
     def forward(self, pixels: torch.Tensor) -> ImageFeatures:
-        spatial = self.model.extract_features(pixels.contiguous(memory_format=torch.channels_last)).contiguous()
+        m = self.model
+        # EfficientNet.extract_features, split so the last block's (narrower) output is kept too
+        x = m._swish(m._bn0(m._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
+        n_blocks = len(m._blocks)
+        for idx, block in enumerate(m._blocks):
+            rate = m._global_params.drop_connect_rate
+            x = block(x, drop_connect_rate=rate * float(idx) / n_blocks if rate else rate)
+        regions = x
+        spatial = m._swish(m._bn1(m._conv_head(x))).contiguous()
         pooled = spatial.mean(dim=(2, 3))
-        logits = self.model._fc(pooled)
-        return ImageFeatures(logits=logits, pooled=pooled, spatial=spatial)
+        logits = m._fc(pooled)
+        return ImageFeatures(logits=logits, pooled=pooled, spatial=spatial, regions=regions.contiguous())
 
 
 def preprocess_center_crop(image: Image.Image, size: int, mean, std) -> torch.Tensor:

@@ -196,6 +196,64 @@ def test_siglip2_matches_native_patch_pipeline(encoders):
     np.testing.assert_allclose(enc.encode_images([square]), ref, atol=1e-5)
 
 
+# --------------------------------------------------------------------------- region tokens
+REGIONS = {"clip": 1 + 15 * 15, "siglip": 15 * 15, "siglip2": 8 * 8}  # (+CLS) + patches
+
+
+def test_encode_pixels_with_regions_shapes_and_vectors(encoders, kind, images):
+    enc = encoders[kind]
+    pixels = torch.stack([enc.preprocess(im) for im in images[:3]])
+    vectors, regions = enc.encode_pixels_with_regions(pixels)
+    assert vectors.dtype == np.float32 and vectors.shape == (3, enc.dim)
+    np.testing.assert_array_equal(vectors, enc.encode_pixels(pixels))  # same forward pass, same numbers
+    assert regions.dtype == np.float16 and regions.shape == (3, REGIONS[kind], 32)
+    assert np.isfinite(regions).all()
+    one_v, one_r = enc.encode_pixels_with_regions(pixels[1])  # a single (3, H, W) image
+    assert one_v.shape == (1, enc.dim) and one_r.shape == (1, REGIONS[kind], 32)
+    np.testing.assert_allclose(one_r.astype(np.float32), regions[1:2].astype(np.float32), atol=2e-2)
+
+
+def test_regions_are_post_layernorm_tower_states(encoders, images):
+    """CLIP: the CLS region, projected, is the image embedding (post-LN applied to all tokens);
+    SigLIP: regions are the tower's own (already normed) last_hidden_state."""
+    clip, siglip = encoders["clip"], encoders["siglip"]
+    pixels = torch.stack([clip.preprocess(im) for im in images[:2]])
+    _, regions = clip.encode_pixels_with_regions(pixels)
+    with torch.inference_mode():
+        ref = clip.model.get_image_features(pixel_values=pixels).pooler_output
+        cls = clip.model.visual_projection(torch.from_numpy(regions[:, 0].astype(np.float32)))
+        raw = clip.model.vision_model(pixel_values=pixels).last_hidden_state
+        normed = clip.model.vision_model.post_layernorm(raw)
+    np.testing.assert_allclose(cls.numpy(), ref.numpy(), atol=2e-2)
+    np.testing.assert_allclose(regions.astype(np.float32), normed.numpy(), atol=1e-2)
+    pixels = torch.stack([siglip.preprocess(im) for im in images[:2]])
+    _, regions = siglip.encode_pixels_with_regions(pixels)
+    with torch.inference_mode():
+        ref = siglip.model.vision_model(pixel_values=pixels).last_hidden_state
+    np.testing.assert_allclose(regions.astype(np.float32), ref.numpy(), atol=1e-2)
+
+
+def test_region_key(tiny_models, encoders, tmp_path):
+    keys = {kind: enc.region_key for kind, enc in encoders.items()}
+    assert all(k.startswith("hf-patches:") for k in keys.values())
+    assert len(set(keys.values())) == len(keys)
+    assert HFDualEncoder(str(tiny_models["clip"]), device="cpu").region_key == keys["clip"]
+    # The text tower and projection do not change the regions; the vision tower does.
+    from transformers import AutoModel
+
+    dst = tmp_path / "clip_other_text"
+    shutil.copytree(tiny_models["clip"], dst)
+    model = AutoModel.from_pretrained(dst)
+    with torch.no_grad():
+        model.text_projection.weight[0, 0] += 0.5
+    model.save_pretrained(dst)
+    assert HFDualEncoder(str(dst), device="cpu").region_key == keys["clip"]
+    with torch.no_grad():
+        model.vision_model.post_layernorm.weight[0] += 0.5
+    model.save_pretrained(dst)
+    assert HFDualEncoder(str(dst), device="cpu").region_key != keys["clip"]
+
+
 # --------------------------------------------------------------------------- fingerprint
 def test_fingerprint_stable_across_loads(tiny_models, encoders, kind):
     again = HFDualEncoder(str(tiny_models[kind]), device="cpu")

@@ -96,6 +96,18 @@ def _features(out: Any, kind: str) -> torch.Tensor:
     raise TypeError(f"get_{kind}_features returned {type(out).__name__} without an embedding")
 
 
+def _last_hidden_state(out: Any) -> torch.Tensor | None:
+    """``last_hidden_state`` (n, R, C) of a vision tower output, if it has one."""
+    if out is None or isinstance(out, torch.Tensor):
+        return None
+    value = getattr(out, "last_hidden_state", None)
+    if value is None and isinstance(out, dict):
+        value = out.get("last_hidden_state")
+    if value is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        value = out[0]
+    return value if isinstance(value, torch.Tensor) and value.ndim == 3 else None
+
+
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. SizeDict
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
@@ -301,12 +313,26 @@ class HFDualEncoder(EncoderBase):
         except (TypeError, ValueError):
             return Image.BICUBIC
 
-    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """(n, 3, H, W) from ``preprocess`` -> float32 (n, dim), L2-normalised."""
+    def _image_forward(self, pixels: torch.Tensor, tokens: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One ``get_image_features`` pass over (n, 3, H, W): (embeddings, final token states,
+        or None unless ``tokens``).
+
+        The token states are the vision tower's final hidden states after its post-layernorm
+        (CLIP applies that norm to the CLS token only, so it is applied here to every token;
+        SigLIP's tower already returns normed states).  Call under ``inference_mode``."""
         if pixels.ndim == 3:
             pixels = pixels.unsqueeze(0)
-        with torch.inference_mode():
-            pixels = pixels.to(self.device, dtype=self.dtype)
+        pixels = pixels.to(self.device, dtype=self.dtype)
+        vision = getattr(self.model, "vision_model", None) if tokens else None
+        norm = getattr(vision, "post_layernorm", None) if vision is not None else None
+        seen: dict[str, Any] = {}
+        hooks = []
+        if isinstance(vision, torch.nn.Module):  # transformers 4 returns only the embedding
+            hooks.append(vision.register_forward_hook(lambda m, i, o: seen.setdefault("tower", o)))
+        if isinstance(norm, torch.nn.Module):
+            hooks.append(norm.register_forward_hook(lambda m, i, o: seen.setdefault("norm", o)))
+        try:
             if self._patch_size:
                 n, c, hh, ww = pixels.shape
                 p = self._patch_size
@@ -319,8 +345,49 @@ class HFDualEncoder(EncoderBase):
                                                     spatial_shapes=shapes)
             else:
                 out = self.model.get_image_features(pixel_values=pixels)
-            feats = _features(out, "image")
+        finally:
+            for hook in hooks:
+                hook.remove()
+        feats = _features(out, "image")
+        if not tokens:
+            return feats, None
+        states = _last_hidden_state(out)  # transformers 5: the tower's own output, this call's
+        if states is None:
+            states = _last_hidden_state(seen.get("tower"))
+        if states is not None and isinstance(norm, torch.nn.Module):
+            normed = seen.get("norm")
+            # The norm ran on the whole sequence (SigLIP): the tower's states are its output.
+            # It ran on the pooled token only (CLIP): apply it to every token here.
+            if not (isinstance(normed, torch.Tensor) and normed.ndim == states.ndim):
+                states = norm(states)
+        return feats, states
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(n, 3, H, W) from ``preprocess`` -> float32 (n, dim), L2-normalised."""
+        with torch.inference_mode():
+            feats, _ = self._image_forward(pixels)
         return l2_normalize(feats.float().cpu().numpy())
+
+    def encode_pixels_with_regions(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_pixels`` plus the vision tower's final token states (n, R, C) float16 of
+        the same forward pass: R = patches (+1 for a CLS token), C = vision hidden size."""
+        with torch.inference_mode():
+            feats, tokens = self._image_forward(pixels, tokens=True)
+            if tokens is None:  # pragma: no cover - towers without per-token outputs
+                raise EncoderSpecError(f"{self.spec} gives no region features (no vision token states)")
+            regions = tokens.to(torch.float16).cpu().numpy()
+        return l2_normalize(feats.float().cpu().numpy()), regions
+
+    @property
+    def region_key(self) -> str:
+        """Identifies the region tokens (vision tower weights + preprocessing) stored for rerankers."""
+        if not hasattr(self, "_region_key"):
+            vision = getattr(self.model, "vision_model", None)
+            modules = [vision] if isinstance(vision, torch.nn.Module) else [self.model]
+            extra = json.dumps({"kind": "vit-final-tokens", "class": type(self.model).__name__,
+                                "image": self._preprocessing_config()["image"]}, sort_keys=True)
+            self._region_key = "hf-patches:" + state_digest(modules, extra=extra)
+        return self._region_key
 
     # ------------------------------------------------------------------ texts
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -12,6 +12,7 @@ from PIL import Image
 from .encoders import Encoder, create_encoder
 from .errors import EmptyIndexError, ImgSearchError
 from .images import load_image
+from .rerank import DEFAULT_RERANK_K, Reranker, fuse
 from .store import Store
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, BinaryIO, Image.Image]
@@ -32,18 +33,26 @@ class Hit:
     caption: str | None = None
     caption_id: int | None = None
     source: str | None = None
+    match: float | None = None  # the reranker's match probability, where the hit was reranked
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 class Searcher:
-    """Answers queries against ``store`` with ``encoder`` (which must be the one that built it)."""
+    """Answers queries against ``store`` with ``encoder`` (which must be the one that built it).
 
-    def __init__(self, encoder: Encoder, store: Store) -> None:
+    With a ``reranker``, searches asked to ``rerank`` rescore their top ``rerank_k`` results
+    with it (``itm + alpha * cosine``); the rest follow in their original order.
+    """
+
+    def __init__(self, encoder: Encoder, store: Store, reranker: "Reranker | None" = None,
+                 rerank_k: int = DEFAULT_RERANK_K) -> None:
         store.check_encoder(encoder.fingerprint, encoder.spec)
         self.encoder = encoder
         self.store = store
+        self.reranker = reranker
+        self.rerank_k = rerank_k
 
     # -- query embedding --------------------------------------------------------------------
 
@@ -56,23 +65,100 @@ class Searcher:
 
     def embed_image(self, image: ImageInput) -> np.ndarray:
         """A query image (path, bytes, file object or PIL image) -> its (dim,) vector."""
-        if not isinstance(image, Image.Image):
-            image = load_image(image, target_size=self.encoder.image_size)
-        return self.encoder.encode_images([image.convert("RGB")])[0]
+        return self.encoder.encode_images([self.load_query_image(image)])[0]
 
     # -- searches ---------------------------------------------------------------------------
 
-    def search_text(self, query: str, k: int = 10, min_score: float | None = None) -> list[Hit]:
-        """Images best matching a text query."""
-        return self.images_near(self.embed_text(query), k, min_score)
+    def load_query_image(self, image: ImageInput) -> Image.Image:
+        """A query image (path, bytes, file object or PIL image) as RGB PIL."""
+        if not isinstance(image, Image.Image):
+            image = load_image(image, target_size=self.encoder.image_size)
+        return image.convert("RGB")
+
+    def search_text(self, query: str, k: int = 10, min_score: float | None = None, rerank: bool = False) -> list[Hit]:
+        """Images best matching a text query (the top ``rerank_k`` reranked when ``rerank``)."""
+        vector = self.embed_text(query)
+        if not rerank:
+            return self.images_near(vector, k, min_score)
+        self._need_reranker()
+        hits = self.images_near(vector, max(k, self.rerank_k), min_score)
+        return (self.rerank_images(" ".join(str(query).split())[:MAX_QUERY_CHARS], hits[: self.rerank_k])
+                + hits[self.rerank_k:])[:k]
 
     def search_image(self, image: ImageInput, k: int = 10, min_score: float | None = None) -> list[Hit]:
         """Images most similar to a query image."""
         return self.images_near(self.embed_image(image), k, min_score)
 
-    def captions_for_image(self, image: ImageInput, k: int = 5, min_score: float | None = None) -> list[Hit]:
-        """Indexed captions that best describe a query image."""
-        return self.captions_near(self.embed_image(image), k, min_score)
+    def captions_for_image(self, image: ImageInput, k: int = 5, min_score: float | None = None,
+                           rerank: bool = False) -> list[Hit]:
+        """Indexed captions that best describe a query image (the top ``rerank_k`` reranked when ``rerank``)."""
+        picture = self.load_query_image(image)
+        vector = self.encoder.encode_images([picture])[0]
+        if not rerank:
+            return self.captions_near(vector, k, min_score)
+        self._need_reranker()
+        hits = self.captions_near(vector, max(k, self.rerank_k), min_score)
+        return (self.rerank_captions(picture, hits[: self.rerank_k]) + hits[self.rerank_k:])[:k]
+
+    # -- reranking --------------------------------------------------------------------------
+
+    def _need_reranker(self) -> None:
+        if self.reranker is None:
+            raise QueryError("no reranker is loaded (pass --rerank-model, or install the bundled one)")
+
+    def rerank_images(self, query: str, hits: list[Hit]) -> list[Hit]:
+        """``hits`` (images for a text query) reordered by the reranker; same hits, match filled in.
+
+        Regions come from the index where it stored them for this reranker, else from the photo
+        files; hits whose photo cannot be read keep their order after the reranked ones.
+        """
+        if not hits:
+            return []
+        self._need_reranker()
+        rr = self.reranker
+        ids = [h.image_id for h in hits]
+        regions, found = self.store.get_regions(ids, rr.region_key)
+        regions = regions.astype(np.float16) if len(regions) else regions
+        missing = [n for n, ok in enumerate(found) if not ok]
+        usable = np.ones(len(hits), bool)
+        if missing:
+            pictures = []
+            for n in missing:
+                try:
+                    pictures.append(load_image(hits[n].path, target_size=self.encoder.image_size))
+                except ImgSearchError:
+                    usable[n] = False
+            ok = [n for n in missing if usable[n]]
+            if ok:
+                fresh = rr.encode_regions(pictures)
+                regions = regions.astype(fresh.dtype) if regions.shape[1:] == fresh.shape[1:] else \
+                    np.zeros((len(hits),) + fresh.shape[1:], fresh.dtype)
+                regions[ok] = fresh
+        keep = np.nonzero(usable)[0]
+        if not len(keep):
+            return list(hits)
+        itm = rr.itm_scores([query], regions[keep])
+        return self._reorder(hits, keep, itm, rr.alpha)
+
+    def rerank_captions(self, image: ImageInput, hits: list[Hit]) -> list[Hit]:
+        """``hits`` (captions for a query image) reordered by the reranker; same hits, match filled in."""
+        if not hits:
+            return []
+        self._need_reranker()
+        rr = self.reranker
+        regions = rr.encode_regions([self.load_query_image(image)])
+        itm = rr.itm_scores([h.caption or "" for h in hits], regions)
+        return self._reorder(hits, np.arange(len(hits)), itm, rr.alpha)
+
+    @staticmethod
+    def _reorder(hits: list[Hit], keep: np.ndarray, itm: np.ndarray, alpha: float) -> list[Hit]:
+        sims = np.array([hits[n].score for n in keep], np.float32)
+        fused = fuse(itm, sims, alpha)
+        probs = 1.0 / (1.0 + np.exp(-np.clip(itm, -50, 50)))
+        ranked = [replace(hits[keep[n]], match=float(probs[n])) for n in np.argsort(-fused, kind="stable")]
+        kept = set(keep.tolist())
+        rest = [h for n, h in enumerate(hits) if n not in kept]
+        return ranked + rest
 
     def images_near(self, vector: np.ndarray, k: int = 10, min_score: float | None = None) -> list[Hit]:
         """Images nearest a query vector."""
@@ -100,11 +186,20 @@ class Searcher:
         return hits
 
 
-def open_searcher(data_dir: str | os.PathLike, model: str | None = None, device: str | None = None) -> Searcher:
-    """A Searcher over an existing index, with the encoder it was built with (or ``model``, which must match)."""
+def open_searcher(data_dir: str | os.PathLike, model: str | None = None, device: str | None = None,
+                  reranker: str | None = None, rerank_k: int = DEFAULT_RERANK_K) -> Searcher:
+    """A Searcher over an existing index, with the encoder it was built with (or ``model``, which must match).
+
+    ``reranker``: a reranker spec (see ``retrieval.rerank.create_reranker``) to load alongside.
+    """
     store = Store(data_dir, create=False)
     info = store.encoder_info
     if info is None:
         raise EmptyIndexError(f"the index in {store.data_dir} is empty (run `imgsearch index DIR` first)")
     encoder = create_encoder(model or info.spec, device=device)
-    return Searcher(encoder, store)
+    rr = None
+    if reranker:
+        from .rerank import create_reranker
+
+        rr = create_reranker(reranker, encoder=encoder, device=device)
+    return Searcher(encoder, store, rr, rerank_k)

@@ -96,7 +96,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _open(args: argparse.Namespace):
     from retrieval.search import open_searcher
 
-    return open_searcher(args.db, model=args.model, device=args.device)
+    rerank = getattr(args, "rerank", False)
+    return open_searcher(args.db, model=args.model, device=args.device,
+                         reranker=args.rerank_model if rerank else None, rerank_k=getattr(args, "rerank_k", 20))
 
 
 def _print_hits(hits, args: argparse.Namespace, empty: str) -> int:
@@ -108,6 +110,8 @@ def _print_hits(hits, args: argparse.Namespace, empty: str) -> int:
         return 0
     for rank, h in enumerate(hits, 1):
         line = f"{rank:3d}  {h.score:6.3f}  {h.path}"
+        if h.match is not None:
+            line = f"{rank:3d}  {h.score:6.3f}  match {h.match:5.3f}  {h.path}"
         if h.caption:
             line += f"\n      “{h.caption}”"
         out(line)
@@ -117,12 +121,14 @@ def _print_hits(hits, args: argparse.Namespace, empty: str) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.image is None):
         raise UsageError("give either a text query or --image FILE")
+    if args.image is not None and args.rerank:
+        raise UsageError("--rerank applies to text queries (and to `imgsearch captions`), not to --image searches")
     searcher = _open(args)
     try:
         if args.image is not None:
             hits = searcher.search_image(_existing_file(args.image), k=args.k, min_score=args.min_score)
         else:
-            hits = searcher.search_text(args.query, k=args.k, min_score=args.min_score)
+            hits = searcher.search_text(args.query, k=args.k, min_score=args.min_score, rerank=args.rerank)
     finally:
         searcher.store.close()
     return _print_hits(hits, args, "no matching photos")
@@ -131,7 +137,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_captions(args: argparse.Namespace) -> int:
     searcher = _open(args)
     try:
-        hits = searcher.captions_for_image(_existing_file(args.image), k=args.k, min_score=args.min_score)
+        hits = searcher.captions_for_image(_existing_file(args.image), k=args.k, min_score=args.min_score,
+                                           rerank=args.rerank)
     finally:
         searcher.store.close()
     return _print_hits(hits, args, "no matching captions")
@@ -147,17 +154,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit:
         dataset = dataset.subset(args.limit)
     encoder = create_encoder(args.model or "default", device=args.device)
-    log(f"evaluating {encoder.spec} on {len(dataset.images)} images, {len(dataset.captions)} captions")
+    reranker = None
+    if args.rerank:
+        from retrieval.rerank import create_reranker
+
+        reranker = create_reranker(args.rerank_model, encoder=encoder, device=args.device)
+    log(f"evaluating {encoder.spec} on {len(dataset.images)} images, {len(dataset.captions)} captions"
+        + (f", reranking the top {args.rerank_k} with {reranker.spec}" if reranker else ""))
     t0 = time.monotonic()
-    result = evaluate(encoder, dataset, show_progress=not args.no_progress)
+    result = evaluate(encoder, dataset, show_progress=not args.no_progress, reranker=reranker, rerank_k=args.rerank_k)
     result.extra.update({"model": encoder.spec, "fingerprint": encoder.fingerprint,
                          "split": args.split, "seconds": round(time.monotonic() - t0, 1)})
     if args.json:
         emit_json(result.as_dict())
     else:
-        out(f"{'':16}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
-        for name, row in (("text → image", result.text_to_image), ("image → text", result.image_to_text)):
-            out(f"{name:16}" + "".join(f"{row[k]:8.1f}" for k in ("R@1", "R@5", "R@10")))
+        out(f"{'':28}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
+        rows = [("", result.text_to_image, result.image_to_text)]
+        if "without_rerank" in result.extra:
+            base = result.extra["without_rerank"]
+            rows = [(" (no rerank)", base["text_to_image"], base["image_to_text"]),
+                    (" (reranked)", result.text_to_image, result.image_to_text)]
+        for suffix, t2i, i2t in rows:
+            for name, row in (("text → image", t2i), ("image → text", i2t)):
+                out(f"{name + suffix:28}" + "".join(f"{row[k]:8.1f}" for k in ("R@1", "R@5", "R@10")))
         out(f"{result.images} images, {result.captions} captions, {result.extra['seconds']}s")
     return 0
 
@@ -216,6 +235,23 @@ def _common(p: argparse.ArgumentParser, model_help: str = "encoder spec (default
     p.add_argument("--json", action="store_true", help="print JSON on stdout (logs go to stderr)")
 
 
+def _rerank_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerank", action="store_true", help="rerank the top results with the cross-attention reranker")
+    p.add_argument("--rerank-k", type=_positive_int, default=20, metavar="N", help="how many top results to rerank (default 20)")
+    p.add_argument("--rerank-model", default="default", metavar="SPEC",
+                   help="reranker spec: default, fusion:<folder>, hf-blip:<hub id or folder> (default: default)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch", description="Offline image–text photo search.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -235,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", metavar="FILE")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--min-score", type=float, default=None)
+    _rerank_options(p)
     _common(p)
     p.set_defaults(func=cmd_search)
 
@@ -242,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", metavar="FILE", required=True)
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--min-score", type=float, default=None)
+    _rerank_options(p)
     _common(p)
     p.set_defaults(func=cmd_captions)
 
@@ -250,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None)
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--no-progress", action="store_true")
+    _rerank_options(p)
     _common(p, "encoder spec (default: default)")
     p.set_defaults(func=cmd_eval)
 

@@ -1,0 +1,175 @@
+"""Region and token features the fusion reranker reads, and their training cache.
+
+Regions: the image tower's spatial map as tokens, (n, R, C) — for the bundled towers the
+last EfficientNet-Lite block (7x7 = 49 regions x 320 channels); for ``hf:`` encoders the
+vision transformer's patch tokens. They are computed in the same forward pass as the image
+vector at index time and stored with it (``Store.add_images(..., regions=...)``).
+
+Tokens: the text tower's per-token states (MiniLM's last layer, 384-d), computed at query time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..encoders.base import batched
+from ..errors import DatasetError, ImageLoadError, EncoderSpecError
+from ..evaluate import Dataset, iter_image_batches
+from ..images import load_image
+
+FEATURE_VERSION = 1
+TEXT_MAX_TOKENS = 64
+
+
+def base_towers(encoder):
+    """The bundled-tower encoder under ``encoder`` (itself, or the base of trained heads), else None."""
+    from ..encoders.default import DefaultEncoder
+
+    if isinstance(encoder, DefaultEncoder):
+        return encoder
+    base = getattr(encoder, "base", None)
+    return base if isinstance(base, DefaultEncoder) else None
+
+
+def region_width(encoder) -> int:
+    """Channels per region token that ``image_regions`` gives for this encoder."""
+    towers = base_towers(encoder)
+    if towers is None:
+        raise EncoderSpecError(f"{encoder.spec} gives no region features (the fusion reranker needs the bundled towers)")
+    return int(towers.image_tower.model._blocks[-1]._project_conv.out_channels)
+
+
+@torch.no_grad()
+def image_regions(encoder, pixels: torch.Tensor) -> torch.Tensor:
+    """Region tokens (n, R, C) float32 for a preprocessed batch."""
+    towers = base_towers(encoder)
+    if towers is None:
+        raise EncoderSpecError(f"{encoder.spec} gives no region features (the fusion reranker needs the bundled towers)")
+    feats = towers.image_features(pixels)
+    return feats.regions.flatten(2).transpose(1, 2).float()
+
+
+@torch.no_grad()
+def text_token_states(text_tower, texts: list[str], device, layers: tuple[int, ...] = (-1,)
+                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per-token hidden states of the MiniLM tower for ``layers`` ((n, L, 384) each) and the mask (n, L)."""
+    enc = text_tower.tokenizer(texts, padding=True, truncation=True, max_length=TEXT_MAX_TOKENS, return_tensors="pt")
+    enc = {k: v.to(device) for k, v in enc.items()}
+    out = text_tower.model(**enc, output_hidden_states=True)
+    return [out.hidden_states[i].float() for i in layers], enc["attention_mask"]
+
+
+@dataclass
+class RerankFeatures:
+    """Cached features of one split: regions per view (V, N, R, C) fp16; ragged caption tokens."""
+
+    regions: torch.Tensor  # (V, N, R, C) float16
+    tokens: torch.Tensor  # (T, 384) float16, MiniLM last layer, captions back to back
+    tokens_prev: torch.Tensor  # (T, 384) float16, the layer before (input of the last layer)
+    offsets: torch.Tensor  # (C + 1,) int64: caption j's tokens are tokens[offsets[j]:offsets[j+1]]
+    caption_image: torch.Tensor  # (C,) int64
+
+    def caption_batch(self, idx: torch.Tensor, prev: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded (B, L, 384) float32 states and a (B, L) bool mask for captions ``idx``."""
+        src = self.tokens_prev if prev else self.tokens
+        starts, ends = self.offsets[idx], self.offsets[idx + 1]
+        lengths = ends - starts
+        L = int(lengths.max())
+        ar = torch.arange(L)
+        mask = ar[None, :] < lengths[:, None]
+        gather = (starts[:, None] + ar[None, :]).clamp(max=src.shape[0] - 1)
+        states = src[gather].float() * mask[..., None]
+        return states, mask
+
+
+def _key(encoder, dataset: Dataset) -> str:
+    h = hashlib.sha256(json.dumps({"v": FEATURE_VERSION, "fp": encoder.fingerprint, "root": dataset.root,
+                                   "split": dataset.split, "n": len(dataset.images)}).encode())
+    for p in dataset.images:
+        h.update(os.path.basename(p).encode())
+    for c in dataset.captions:
+        h.update(c.encode())
+    return h.hexdigest()[:16]
+
+
+def compute_rerank_features(encoder, dataset: Dataset, views: int = 0, seed: int = 0, cache_dir: str | None = None,
+                            batch_size: int = 64, show_progress: bool = True,
+                            log: Callable[[str], None] | None = None) -> RerankFeatures:
+    """Regions for every image (1 clean + ``views`` augmented views) and token states for every caption, cached."""
+    from ..training import _load, _save, augment
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    towers = base_towers(encoder)
+    if towers is None:
+        raise EncoderSpecError(f"{encoder.spec} gives no region features (the fusion reranker needs the bundled towers)")
+    folder = None
+    if cache_dir:
+        folder = os.path.join(cache_dir, f"rerank-{dataset.split or 'all'}-{_key(towers, dataset)}")
+        os.makedirs(folder, exist_ok=True)
+    size = towers.image_size
+    t0 = time.monotonic()
+
+    def text_part() -> dict[str, torch.Tensor]:
+        path = folder and os.path.join(folder, "tokens.safetensors")
+        if path and os.path.isfile(path):
+            return _load(path)
+        order = sorted(range(len(dataset.captions)), key=lambda i: len(dataset.captions[i]))
+        per_caption: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(order)  # type: ignore[list-item]
+        with tqdm(total=len(order), desc=f"caption tokens {dataset.split or ''}", unit="cap", file=sys.stderr,
+                  disable=not show_progress) as bar:
+            for chunk in batched(order, 256):
+                (prev, last), mask = text_token_states(towers.text_tower, [dataset.captions[i] for i in chunk],
+                                                       towers.device, layers=(-2, -1))
+                for row, i in enumerate(chunk):
+                    m = mask[row].bool()
+                    per_caption[i] = (last[row][m].half().cpu(), prev[row][m].half().cpu())
+                bar.update(len(chunk))
+        lengths = torch.tensor([p[0].shape[0] for p in per_caption])
+        out = {"tokens": torch.cat([p[0] for p in per_caption]), "tokens_prev": torch.cat([p[1] for p in per_caption]),
+               "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])}
+        if path:
+            _save(path, out, {"split": dataset.split, "captions": len(order)})
+        return out
+
+    def view_part(v: int) -> torch.Tensor:
+        path = folder and os.path.join(folder, f"regions-view{v}-seed{seed if v else 0}.safetensors")
+        if path and os.path.isfile(path):
+            return _load(path)["regions"]
+
+        def prep(p: str) -> torch.Tensor:
+            im = load_image(p, target_size=size)
+            if v:
+                im = augment(im, size, random.Random(f"{seed}:{v}:{os.path.basename(p)}"))
+            return towers.preprocess(im)
+
+        parts = []
+        with tqdm(total=len(dataset.images), desc=f"regions {dataset.split or ''} view {v}", unit="img",
+                  file=sys.stderr, disable=not show_progress) as bar:
+            try:
+                for chunk, pixels in iter_image_batches(dataset.images, prep, batch_size, workers=2):
+                    parts.append(image_regions(towers, pixels).half().cpu())
+                    bar.update(len(chunk))
+            except ImageLoadError as e:
+                raise DatasetError(f"cannot compute features: {e}") from e
+        out = torch.cat(parts)
+        if path:
+            _save(path, {"regions": out}, {"split": dataset.split, "view": v, "seed": seed})
+        return out
+
+    text = text_part()
+    regions = torch.stack([view_part(v) for v in range(views + 1)])
+    log(f"rerank features for {len(dataset.images)} images x {views + 1} views, {len(dataset.captions)} captions "
+        f"ready in {time.monotonic() - t0:.0f}s")
+    return RerankFeatures(regions, text["tokens"], text["tokens_prev"], text["offsets"].long(),
+                          torch.as_tensor(dataset.caption_image, dtype=torch.long))

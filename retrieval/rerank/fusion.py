@@ -1,0 +1,303 @@
+"""The bundled cross-attention fusion reranker (ALBEF/BLIP-style image-text matching).
+
+Text tokens (the text tower's per-token states) attend to image regions (the image
+tower's spatial map as tokens) through a few cross-attention layers; an ITM head on the
+fused first token gives a match logit. A reranker folder holds ``reranker.safetensors``,
+``reranker.json`` (a :class:`FusionConfig`) and a ``MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..encoders.base import state_digest
+from ..errors import WeightsError
+
+WEIGHTS_FILE = "reranker.safetensors"
+CONFIG_FILE = "reranker.json"
+CARD_FILE = "MODEL_CARD.md"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FusionConfig:
+    """Shape of the fusion model and how its score is combined (stored as ``reranker.json``)."""
+
+    base_spec: str = "bridge"  # the encoder whose towers give regions and text tokens
+    region_dim: int = 320
+    num_regions: int = 49
+    text_dim: int = 384
+    width: int = 256
+    layers: int = 2
+    heads: int = 4
+    ffn_mult: int = 2
+    self_attention: bool = True  # text self-attention in each layer (besides cross-attention)
+    dropout: float = 0.1
+    alpha: float = 1.0  # final score = itm logit + alpha * dual-encoder cosine (chosen on dev)
+    format_version: int = FORMAT_VERSION
+    train: dict = field(default_factory=dict)  # provenance only
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def semantic_json(self) -> str:
+        data = asdict(self)
+        data.pop("train", None)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FusionConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise WeightsError(f"reranker config has unknown keys: {', '.join(unknown)}")
+        try:
+            cfg = cls(**data)
+        except TypeError as e:
+            raise WeightsError(f"reranker config is malformed: {e}") from None
+        if cfg.format_version != FORMAT_VERSION:
+            raise WeightsError(f"reranker format version {cfg.format_version} is not supported "
+                               f"(expected {FORMAT_VERSION})")
+        if cfg.width % cfg.heads:
+            raise WeightsError(f"reranker width {cfg.width} is not a multiple of heads {cfg.heads}")
+        return cfg
+
+
+class CrossAttention(torch.nn.Module):
+    """Multi-head attention from text tokens to region tokens; keys/values computed once per image."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = torch.nn.Linear(width, width)
+        self.kv = torch.nn.Linear(width, 2 * width)
+        self.out = torch.nn.Linear(width, width)
+
+    def keys_values(self, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u, R, w) region tokens -> keys and values (u, heads, R, w / heads)."""
+        u, r, w = regions.shape
+        kv = self.kv(regions).view(u, r, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n, L, w = x.shape
+        q = self.q(x).view(n, L, self.heads, w // self.heads).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(n, L, w))
+
+
+class FusionLayer(torch.nn.Module):
+    """Pre-norm: [text self-attention], text->regions cross-attention, feed-forward."""
+
+    def __init__(self, cfg: FusionConfig) -> None:
+        super().__init__()
+        w = cfg.width
+        self.self_attention = cfg.self_attention
+        if cfg.self_attention:
+            self.norm_self = torch.nn.LayerNorm(w)
+            self.attn_self = torch.nn.MultiheadAttention(w, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        self.norm_cross = torch.nn.LayerNorm(w)
+        self.norm_regions = torch.nn.LayerNorm(w)
+        self.attn_cross = CrossAttention(w, cfg.heads)
+        self.norm_ffn = torch.nn.LayerNorm(w)
+        self.ffn = torch.nn.Sequential(torch.nn.Linear(w, w * cfg.ffn_mult), torch.nn.GELU(),
+                                       torch.nn.Dropout(cfg.dropout), torch.nn.Linear(w * cfg.ffn_mult, w))
+        self.drop = torch.nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor, regions: torch.Tensor, image_index: torch.Tensor
+                ) -> torch.Tensor:
+        if self.self_attention:
+            h = self.norm_self(x)
+            x = x + self.drop(self.attn_self(h, h, h, key_padding_mask=pad, need_weights=False)[0])
+        k, v = self.attn_cross.keys_values(self.norm_regions(regions))
+        x = x + self.drop(self.attn_cross(self.norm_cross(x), k[image_index], v[image_index]))
+        return x + self.drop(self.ffn(self.norm_ffn(x)))
+
+
+class FusionModel(torch.nn.Module):
+    """Text tokens x region tokens -> image-text matching logit."""
+
+    def __init__(self, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        w = cfg.width
+        self.region_norm = torch.nn.LayerNorm(cfg.region_dim)
+        self.region_proj = torch.nn.Linear(cfg.region_dim, w)
+        # one extra "global" region: the mean of all regions
+        self.region_pos = torch.nn.Parameter(torch.zeros(1, cfg.num_regions + 1, w))
+        self.text_norm = torch.nn.LayerNorm(cfg.text_dim)
+        self.text_proj = torch.nn.Linear(cfg.text_dim, w)
+        self.layers = torch.nn.ModuleList(FusionLayer(cfg) for _ in range(cfg.layers))
+        self.out_norm = torch.nn.LayerNorm(w)
+        self.itm = torch.nn.Sequential(torch.nn.Linear(2 * w, w), torch.nn.GELU(), torch.nn.Linear(w, 1))
+        torch.nn.init.normal_(self.region_pos, std=0.02)
+
+    def embed_regions(self, regions: torch.Tensor) -> torch.Tensor:
+        """(u, R, C) raw regions -> (u, R + 1, width) region tokens (the global token first)."""
+        regions = regions.float()
+        tokens = torch.cat([regions.mean(dim=1, keepdim=True), regions], dim=1)
+        return self.region_proj(self.region_norm(tokens)) + self.region_pos[:, : tokens.shape[1]]
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """(t, L, text_dim) token states -> (t, L, width)."""
+        return self.text_proj(self.text_norm(text.float()))
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor,
+                image_index: torch.Tensor | None = None, text_index: torch.Tensor | None = None,
+                embedded: bool = False) -> torch.Tensor:
+        """Match logits (n,) for n pairs.
+
+        ``text`` (t, L, text_dim) with ``mask`` (t, L) and ``regions`` (u, R, C): pair p joins text
+        ``text_index[p]`` and image ``image_index[p]`` (default: pair p is text p with image p).
+        With ``embedded`` both are already through ``embed_text`` / ``embed_regions``.
+        """
+        r = regions if embedded else self.embed_regions(regions)
+        x = text if embedded else self.embed_text(text)
+        n = max(x.shape[0], r.shape[0]) if text_index is None and image_index is None else None
+        if text_index is not None:
+            x, mask = x[text_index], mask[text_index]
+        elif x.shape[0] == 1 and n:
+            x, mask = x.expand(n, -1, -1), mask.expand(n, -1)
+        if image_index is None:
+            image_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if r.shape[0] == 1 \
+                else torch.arange(x.shape[0], device=x.device)
+        pad = ~mask
+        for layer in self.layers:
+            x = layer(x, pad, r, image_index)
+        x = self.out_norm(x)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        mean = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.itm(torch.cat([x[:, 0], mean], dim=-1)).squeeze(-1)
+
+
+# -- save / load -----------------------------------------------------------------------------
+
+def save_reranker(folder: str | os.PathLike, config: FusionConfig, state_dict: dict[str, torch.Tensor],
+                  card_text: str | None = None) -> None:
+    """Write ``reranker.safetensors`` (fp16), ``reranker.json`` and optionally ``MODEL_CARD.md``."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    tensors = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()).contiguous()
+               for k, v in state_dict.items()}
+    save_file(tensors, os.path.join(folder, WEIGHTS_FILE),
+              metadata={"format": "imgsearch-fusion-reranker", "version": str(FORMAT_VERSION)})
+    with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
+        f.write(config.to_json() + "\n")
+    if card_text is not None:
+        with open(os.path.join(folder, CARD_FILE), "w", encoding="utf-8") as f:
+            f.write(card_text)
+
+
+def load_fusion(folder: str | os.PathLike) -> tuple[FusionConfig, FusionModel]:
+    """Load a reranker folder; a missing, corrupt or mismatched file raises a one-line WeightsError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cpath, wpath = os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE)
+    if not os.path.isfile(cpath):
+        raise WeightsError(f"no reranker config: {cpath} is missing")
+    try:
+        with open(cpath, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"cannot read reranker config {cpath}: {e}") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"reranker config {cpath} is not a JSON object")
+    cfg = FusionConfig.from_dict(data)
+    if not os.path.isfile(wpath):
+        raise WeightsError(f"no reranker weights: {wpath} is missing")
+    try:
+        tensors = load_file(wpath)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"cannot read weights file {wpath}: {e}") from None
+    model = FusionModel(cfg)
+    expected = model.state_dict()
+    for name, ref in expected.items():
+        got = tensors.get(name)
+        if got is None or tuple(got.shape) != tuple(ref.shape):
+            found = "missing" if got is None else f"found {tuple(got.shape)}"
+            raise WeightsError(f"weights file {wpath} does not fit reranker config: {name} {tuple(ref.shape)} {found}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise WeightsError(f"weights file {wpath} does not fit reranker config: unexpected tensor {extra[0]}")
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    model.eval()
+    return cfg, model
+
+
+# -- the reranker ----------------------------------------------------------------------------
+
+class FusionReranker:
+    """The fusion model on top of the bundled towers (spec ``default`` or ``fusion:<folder>``)."""
+
+    batch_size = 64
+
+    def __init__(self, folder: str | os.PathLike, spec: str | None = None, encoder=None,
+                 device: str | None = None) -> None:
+        from ..encoders import create_encoder
+        from .features import base_towers
+
+        self.folder = os.path.abspath(folder)
+        self.config, self.model = load_fusion(self.folder)
+        towers = base_towers(encoder) if encoder is not None else None
+        if towers is None:
+            towers = base_towers(create_encoder(self.config.base_spec, device=device))
+        if towers is None:
+            raise WeightsError(f"reranker in {self.folder} needs the bundled towers, not '{self.config.base_spec}'")
+        self.towers = towers
+        self.device = towers.device
+        self.model.to(self.device)
+        self.spec = spec or f"fusion:{self.folder}"
+        self.alpha = float(self.config.alpha)
+        self.region_key = towers.region_key
+        self.fingerprint = "fusion:" + state_digest([self.model], towers.fingerprint + self.config.semantic_json())
+
+    def encode_regions(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB PIL images -> float16 regions (n, 49, 320)."""
+        from .features import image_regions
+
+        if not images:
+            return np.zeros((0, self.config.num_regions, self.config.region_dim), np.float16)
+        pixels = torch.stack([self.towers.preprocess(im.convert("RGB")) for im in images])
+        return image_regions(self.towers, pixels).half().cpu().numpy()
+
+    @torch.inference_mode()
+    def itm_scores(self, texts: Sequence[str], regions: np.ndarray) -> np.ndarray:
+        """Matching logits for aligned (text, regions) pairs; a single text or region broadcasts."""
+        from .features import text_token_states
+
+        texts = [" ".join(str(t).split()) for t in texts]
+        regions = np.asarray(regions)
+        if regions.ndim != 3:
+            raise ValueError(f"regions must be (n, R, C), got shape {regions.shape}")
+        n = max(len(texts), regions.shape[0])
+        if len(texts) not in (1, n) or regions.shape[0] not in (1, n):
+            raise ValueError(f"cannot pair {len(texts)} texts with {regions.shape[0]} region sets")
+        if n == 0:
+            return np.zeros(0, np.float32)
+        r = self.model.embed_regions(torch.from_numpy(regions.astype(np.float32)).to(self.device))
+        out = []
+        for s in range(0, n, self.batch_size):
+            e = min(n, s + self.batch_size)
+            batch_texts = texts if len(texts) == 1 else texts[s:e]
+            (states,), mask = text_token_states(self.towers.text_tower, batch_texts, self.device)
+            x = self.model.embed_text(states)
+            ti = torch.zeros(e - s, dtype=torch.long) if len(batch_texts) == 1 else torch.arange(e - s)
+            if r.shape[0] == 1:
+                rr, ii = r, torch.zeros(e - s, dtype=torch.long)
+            else:
+                rr, ii = r[s:e], torch.arange(e - s)
+            out.append(self.model(x, mask.bool(), rr, image_index=ii, text_index=ti, embedded=True).float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"<FusionReranker {self.spec} alpha={self.alpha} fp={self.fingerprint}>"

@@ -1,0 +1,321 @@
+"""Training the fusion reranker: image-text matching with hard negatives mined from the dual encoder.
+
+ALBEF-style: every caption is paired with its own image (label 1), with a hard negative
+image taken from the caption's top-k images under the dual encoder, and its image with a
+hard negative caption from the image's top-k captions (label 0). Features (regions, caption
+token states) are cached (see ``features.compute_rerank_features``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..evaluate import Dataset, recall_from_similarity
+from .features import RerankFeatures
+from .fusion import FusionConfig, FusionModel
+
+ALPHAS = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0, 40.0, 60.0)
+
+
+@dataclass
+class RerankTrainOptions:
+    """Hyper-parameters of one reranker training run (recorded in reranker.json)."""
+
+    epochs: int = 12  # an epoch pairs every image with one of its captions (sampled afresh)
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    hard_k: int = 20  # hard negatives come from the dual encoder's top-k
+    patience: int = 3
+    seed: int = 0
+    width: int = 256
+    layers: int = 2
+    heads: int = 4
+    self_attention: bool = False
+    dropout: float = 0.1
+    rerank_k: int = 20  # candidates reranked when measuring dev recall
+    dev_queries: int = 500  # images (and their captions) that measure dev recall each epoch; all at the end
+
+
+@dataclass
+class RerankTrainResult:
+    """The best model (by dev R@1 after reranking), its config and the history."""
+
+    config: FusionConfig
+    state_dict: dict[str, torch.Tensor]
+    dev: dict
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def top_candidates(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(captions x k) best images per caption and (images x k) best captions per image, best first."""
+    sims = np.asarray(sims, np.float32)
+    k_img, k_cap = min(k, sims.shape[1]), min(k, sims.shape[0])
+    t2i = np.argpartition(-sims, k_img - 1, axis=1)[:, :k_img]
+    t2i = np.take_along_axis(t2i, np.argsort(-np.take_along_axis(sims, t2i, 1), axis=1, kind="stable"), 1)
+    i2t = np.argpartition(-sims.T, k_cap - 1, axis=1)[:, :k_cap]
+    i2t = np.take_along_axis(i2t, np.argsort(-np.take_along_axis(sims.T, i2t, 1), axis=1, kind="stable"), 1)
+    return t2i, i2t
+
+
+def reranked_recall(sims: np.ndarray, caption_image: np.ndarray,
+                    pair_scores: Callable[[np.ndarray, np.ndarray], np.ndarray], k: int = 20,
+                    alphas: Sequence[float] = ALPHAS, fixed_alpha: float | None = None,
+                    caption_rows: np.ndarray | None = None, image_cols: np.ndarray | None = None) -> dict:
+    """Recall both ways before and after reranking each query's top-k with ``itm + alpha * sim``.
+
+    ``pair_scores(caption_idx, image_idx)`` gives ITM logits for pairs. Queries may be limited to
+    ``caption_rows`` (text->image) and ``image_cols`` (image->text). Returns the recall without
+    reranking, with it at the best alpha (by R@1 summed over both directions, or ``fixed_alpha``),
+    and that alpha.
+    """
+    sims = np.asarray(sims, np.float32)
+    caption_image = np.asarray(caption_image)
+    rows = np.arange(sims.shape[0]) if caption_rows is None else np.asarray(caption_rows)
+    cols = np.arange(sims.shape[1]) if image_cols is None else np.asarray(image_cols)
+    t2i, i2t = top_candidates(sims, k)
+    t2i, i2t = t2i[rows], i2t[cols]
+    cap_a = np.concatenate([np.repeat(rows, t2i.shape[1]), i2t.reshape(-1)])
+    img_a = np.concatenate([t2i.reshape(-1), np.repeat(cols, i2t.shape[1])])
+    scores = np.asarray(pair_scores(cap_a, img_a), np.float32)
+    s_t2i = scores[: t2i.size].reshape(t2i.shape)
+    s_i2t = scores[t2i.size:].reshape(i2t.shape)
+    sim_t2i = np.take_along_axis(sims[rows], t2i, 1)
+    sim_i2t = np.take_along_axis(sims[:, cols].T, i2t, 1)
+
+    def recall_at(alpha: float | None) -> dict:
+        # text->image: rank within the query's rows; reranked candidates go above the rest
+        sub = sims[rows].copy()
+        subi = sims[:, cols].T.copy()  # (images, captions)
+        if alpha is not None:
+            top = 1e4 + s_t2i + alpha * sim_t2i
+            np.put_along_axis(sub, t2i, top, 1)
+            np.put_along_axis(subi, i2t, 1e4 + s_i2t + alpha * sim_i2t, 1)
+        own = sub[np.arange(len(rows)), caption_image[rows]]
+        t2i_rank = (sub > own[:, None]).sum(1)
+        # image->text: best rank among the image's own captions
+        i2t_rank = np.empty(len(cols), np.int64)
+        for n, img in enumerate(cols):
+            order = np.argsort(-subi[n], kind="stable")
+            i2t_rank[n] = np.nonzero(caption_image[order] == img)[0][0]
+        return {"text_to_image": {f"R@{q}": round(100.0 * float(np.mean(t2i_rank < q)), 2) for q in (1, 5, 10)},
+                "image_to_text": {f"R@{q}": round(100.0 * float(np.mean(i2t_rank < q)), 2) for q in (1, 5, 10)}}
+
+    base = recall_at(None)
+    candidates = [fixed_alpha] if fixed_alpha is not None else list(alphas)
+    best, best_alpha, by_alpha = None, None, {}
+    for a in candidates:
+        r = recall_at(a)
+        by_alpha[a] = r
+        score = r["text_to_image"]["R@1"] + r["image_to_text"]["R@1"]
+        if best is None or score > best[0]:
+            best, best_alpha = (score, r), a
+    return {"without": base, "with": best[1], "alpha": best_alpha,
+            "by_alpha": {str(a): {"t2i_R@1": r["text_to_image"]["R@1"], "i2t_R@1": r["image_to_text"]["R@1"]}
+                         for a, r in by_alpha.items()}}
+
+
+def feature_pair_scorer(model: FusionModel, feats: RerankFeatures, batch: int = 256
+                        ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """ITM logits for (caption, image) index pairs from cached features (clean view)."""
+
+    @torch.no_grad()
+    def score(caps: np.ndarray, imgs: np.ndarray) -> np.ndarray:
+        model.eval()
+        out = np.empty(len(caps), np.float32)
+        order = np.lexsort((caps, imgs))  # group by image so region tokens are shared within a batch
+        for s in range(0, len(order), batch):
+            idx = order[s:s + batch]
+            c, i = torch.as_tensor(caps[idx]), torch.as_tensor(imgs[idx])
+            uc, ci = torch.unique(c, return_inverse=True)
+            ui, ii = torch.unique(i, return_inverse=True)
+            text, mask = feats.caption_batch(uc)
+            logits = model(text, mask, feats.regions[0, ui], image_index=ii, text_index=ci)
+            out[idx] = logits.numpy()
+        return out
+
+    return score
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFeatures | None,
+                   dev_sims: np.ndarray | None, options: RerankTrainOptions, base_spec: str,
+                   show_progress: bool = True, log: Callable[[str], None] | None = None) -> RerankTrainResult:
+    """Train a fusion model with ITM loss on positives and dual-encoder hard negatives, both directions."""
+    log = log or (lambda m: print(m, file=sys.stderr))
+    t0 = time.monotonic()
+    _seed_all(options.seed)
+    n_views, n_images, n_regions, region_dim = train.regions.shape
+    cfg = FusionConfig(base_spec=base_spec, region_dim=region_dim, num_regions=n_regions,
+                       text_dim=train.tokens.shape[1], width=options.width, layers=options.layers,
+                       heads=options.heads, self_attention=options.self_attention, dropout=options.dropout)
+    model = FusionModel(cfg)
+    cap_img = train.caption_image.numpy()
+    caps_of = [[] for _ in range(n_images)]
+    for j, i in enumerate(cap_img.tolist()):
+        caps_of[i].append(j)
+    t2i, i2t = top_candidates(train_sims, options.hard_k + 5)
+    # hard negatives: the top-k that are not the positive
+    neg_img = [row[row != cap_img[j]][: options.hard_k] for j, row in enumerate(t2i)]
+    neg_cap = [row[cap_img[row] != i][: options.hard_k] for i, row in enumerate(i2t)]
+    steps_per_epoch = math.ceil(n_images / options.batch_size)
+    total = steps_per_epoch * options.epochs
+    warmup = max(1, int(options.warmup_epochs * steps_per_epoch))
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=options.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    rng = np.random.default_rng(options.seed)
+    dev_rows = dev_cols = None
+    if dev is not None:
+        dev_cols = np.arange(min(options.dev_queries, dev.regions.shape[1]))
+        dev_rows = np.nonzero(np.isin(dev.caption_image.numpy(), dev_cols))[0]
+    best, best_state, best_epoch, since, history = -1e9, None, 0, 0, []
+    bar = tqdm(total=total, desc="train-reranker", unit="step", file=sys.stderr, disable=not show_progress)
+    for epoch in range(1, options.epochs + 1):
+        model.train()
+        losses, accs = [], []
+        order = rng.permutation(n_images)
+        for s in range(0, n_images, options.batch_size):
+            imgs = order[s:s + options.batch_size]
+            b = len(imgs)
+            caps = np.array([rng.choice(caps_of[i]) for i in imgs])
+            nimg = np.array([rng.choice(neg_img[c]) for c in caps])
+            ncap = np.array([rng.choice(neg_cap[i]) for i in imgs])
+            views = rng.integers(0, n_views, size=2 * b)
+            all_imgs = np.concatenate([imgs, nimg])
+            regions = train.regions[torch.as_tensor(views), torch.as_tensor(all_imgs)]
+            text, mask = train.caption_batch(torch.as_tensor(np.concatenate([caps, ncap])))
+            ar = torch.arange(b)
+            text_index = torch.cat([ar, ar, ar + b])
+            image_index = torch.cat([ar, ar + b, ar])
+            labels = torch.cat([torch.ones(b), torch.zeros(2 * b)])
+            logits = model(text, mask, regions, image_index=image_index, text_index=text_index)
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            accs.append(float(((logits > 0) == labels.bool()).float().mean()))
+            bar.update(1)
+        row = {"epoch": epoch, "loss": round(float(np.mean(losses)), 4), "acc": round(float(np.mean(accs)), 4)}
+        if dev is not None:
+            r = reranked_recall(dev_sims, dev.caption_image.numpy(), feature_pair_scorer(model, dev),
+                                options.rerank_k, caption_rows=dev_rows, image_cols=dev_cols)
+            row.update({"alpha": r["alpha"], "dev_t2i_R@1": r["with"]["text_to_image"]["R@1"],
+                        "dev_i2t_R@1": r["with"]["image_to_text"]["R@1"],
+                        "base_t2i_R@1": r["without"]["text_to_image"]["R@1"],
+                        "base_i2t_R@1": r["without"]["image_to_text"]["R@1"]})
+            score = row["dev_t2i_R@1"] + row["dev_i2t_R@1"]
+        else:
+            score = epoch
+        history.append(row)
+        log(f"epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "epoch"))
+        bar.set_postfix({k: row[k] for k in ("loss", "acc", "dev_t2i_R@1", "dev_i2t_R@1") if k in row}, refresh=False)
+        if score > best:
+            best, best_epoch, since = score, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since += 1
+            if dev is not None and since >= options.patience:
+                break
+    bar.close()
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    dev_metrics: dict = {}
+    if dev is not None:
+        dev_metrics = reranked_recall(dev_sims, dev.caption_image.numpy(), feature_pair_scorer(model, dev),
+                                      options.rerank_k)
+        cfg.alpha = float(dev_metrics["alpha"])
+    cfg.train = {"options": asdict(options), "best_epoch": best_epoch, "train_images": n_images,
+                 "train_views": n_views, "dev": {k: dev_metrics[k] for k in ("without", "with", "alpha")} if dev_metrics else {}}
+    return RerankTrainResult(cfg, best_state, dev_metrics, best_epoch, history, time.monotonic() - t0)
+
+
+def dual_similarity(encoder, dataset: Dataset, cache_dir: str | None = None, show_progress: bool = True
+                    ) -> np.ndarray:
+    """The dual encoder's (captions x images) cosine similarities on a dataset (clean view).
+
+    Trained heads on the bundled towers reuse the cached tower features of ``imgsearch train``.
+    """
+    from ..encoders.heads import TrainedEncoder, is_rich
+    from ..evaluate import embed_image_files
+
+    if isinstance(encoder, TrainedEncoder) and is_rich(encoder.base) and cache_dir:
+        from ..training import compute_features, embed_features
+
+        feats = compute_features(encoder.base, dataset, views=0, cache_dir=cache_dir, show_progress=show_progress)
+        img, txt = embed_features(encoder.heads, feats, encoder.config.blend)
+        return (txt @ img.T).numpy().astype(np.float32)
+    img = embed_image_files(encoder, dataset.images, show_progress=show_progress)
+    txt = encoder.encode_texts(dataset.captions)
+    return (txt @ img.T).astype(np.float32)
+
+
+def model_card(result: RerankTrainResult, dataset_root: str, command: str, feature_seconds: float,
+               encoder_spec: str, extra_sections: str = "") -> str:
+    """A short markdown model card: data, recipe, dev recall with and without reranking, timing, command."""
+    cfg, o = result.config, result.config.train.get("options", {})
+
+    def rows(r: dict, label: str) -> list[str]:
+        return [f"| {label} | {name} | " + " | ".join(f"{r[key][k]:.1f}" for k in ("R@1", "R@5", "R@10")) + " |"
+                for name, key in (("text → image", "text_to_image"), ("image → text", "image_to_text"))]
+
+    parts = [
+        "# imgsearch fusion reranker\n",
+        "A cross-attention image-text matching (ITM) model that reranks the top results of the dual encoder"
+        f" `{encoder_spec}`.",
+        f"Dataset: `{os.path.basename(dataset_root.rstrip('/'))}` (train split for training, dev split for model"
+        " selection and alpha). Only weights ship here (`reranker.safetensors`, `reranker.json`); no photos or"
+        " captions are included.\n",
+        "## Model\n",
+        f"- regions: the image tower's spatial map as {cfg.num_regions} tokens of {cfg.region_dim} channels"
+        " (+ their mean as a global token), LayerNorm + linear to the fusion width, learned position embeddings",
+        f"- text: the text tower's last-layer token states ({cfg.text_dim}-d), LayerNorm + linear",
+        f"- fusion: {cfg.layers} pre-norm layers of text→region cross-attention"
+        + (" + text self-attention" if cfg.self_attention else "") + f" + GELU feed-forward (width {cfg.width},"
+        f" {cfg.heads} heads); ITM head: MLP on [first token, mean of tokens] → one logit",
+        f"- final score = ITM logit + α · dual-encoder cosine, α = {cfg.alpha} (chosen on dev)\n",
+        "## Training\n",
+        f"- ITM loss (binary cross-entropy): each image with one of its captions (positive), the caption with a hard"
+        f" negative image from its top-{o.get('hard_k')} under the dual encoder, the image with a hard negative"
+        f" caption from its top-{o.get('hard_k')} (ALBEF-style, both directions)",
+        f"- AdamW lr {o.get('lr')}, weight decay {o.get('weight_decay')}, batch {o.get('batch_size')} images"
+        f" (3 pairs each), warmup + cosine, up to {o.get('epochs')} epochs, early stopping on dev R@1 after"
+        f" reranking (best epoch {result.best_epoch}), seed {o.get('seed')}; region views per image:"
+        f" {cfg.train.get('train_views')}\n",
+    ]
+    if result.dev:
+        parts += ["## Dev recall (same candidates: the dual encoder's top "
+                  f"{o.get('rerank_k')} per query)\n",
+                  "| | direction | R@1 | R@5 | R@10 |", "|---|---|---|---|---|",
+                  *rows(result.dev["without"], "dual encoder"), *rows(result.dev["with"], "+ rerank"), ""]
+    parts += ["## Training time\n",
+              f"- features (frozen towers, cached): {feature_seconds / 60:.1f} min",
+              f"- reranker training: {result.seconds / 60:.1f} min\n",
+              "## Reproduce\n", "```", command, "```\n"]
+    return "\n".join(parts) + extra_sections

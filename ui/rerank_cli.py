@@ -1,0 +1,104 @@
+"""``imgsearch train-reranker``: fit the cross-attention fusion reranker on a captioned dataset."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from typing import Callable
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_train_reranker(args: argparse.Namespace) -> int:
+    import torch
+
+    from retrieval.encoders import create_encoder
+    from retrieval.evaluate import load_dataset
+    from retrieval.rerank.features import compute_rerank_features
+    from retrieval.rerank.fusion import save_reranker
+    from retrieval.rerank.training import RerankTrainOptions, dual_similarity, model_card, train_reranker
+    from ui.cli import UsageError, emit_json, out
+
+    if args.epochs < 1 or args.views < 0 or args.hard_k < 1:
+        raise UsageError("--epochs and --hard-k must be >= 1 and --views >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_set = load_dataset(args.dataset, split=args.train_split)
+    dev_set = None if args.dev_split in ("", "none") else load_dataset(args.dataset, split=args.dev_split)
+    encoder = create_encoder(args.model or "default", device=args.device)
+    _log(f"training a reranker over {encoder.spec}: {len(train_set.images)} train images"
+         + (f", selecting on {len(dev_set.images)} {args.dev_split} images" if dev_set else ""))
+    cache = args.cache or os.path.join(tempfile.gettempdir(), "imgsearch-features")
+    t0 = time.monotonic()
+    progress = not args.no_progress
+    train_feats = compute_rerank_features(encoder, train_set, views=args.views, seed=args.seed, cache_dir=cache,
+                                          show_progress=progress, log=_log)
+    train_sims = dual_similarity(encoder, train_set, cache, show_progress=progress)
+    dev_feats = dev_sims = None
+    if dev_set is not None:
+        dev_feats = compute_rerank_features(encoder, dev_set, views=0, seed=args.seed, cache_dir=cache,
+                                            show_progress=progress, log=_log)
+        dev_sims = dual_similarity(encoder, dev_set, cache, show_progress=progress)
+    feature_seconds = time.monotonic() - t0
+    options = RerankTrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hard_k=args.hard_k,
+                                 patience=args.patience, seed=args.seed, width=args.width, layers=args.layers,
+                                 heads=args.heads, rerank_k=args.rerank_k)
+    from retrieval.training import base_spec_for
+
+    result = train_reranker(train_feats, train_sims, dev_feats, dev_sims, options,
+                            base_spec_for(_base_of(encoder)), show_progress=progress, log=_log)
+    command = "imgsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    save_reranker(args.out, result.config, result.state_dict,
+                  model_card(result, train_set.root, command, feature_seconds, encoder.spec))
+    summary = {"out": os.path.abspath(args.out), "spec": f"fusion:{os.path.abspath(args.out)}",
+               "encoder": encoder.spec, "feature_seconds": round(feature_seconds, 1),
+               "train_seconds": round(result.seconds, 1), "best_epoch": result.best_epoch,
+               "alpha": result.config.alpha,
+               "dev": {k: result.dev[k] for k in ("without", "with")} if result.dev else {}}
+    if args.json:
+        emit_json(summary)
+    else:
+        for key in ("without", "with"):
+            r = summary["dev"].get(key)
+            if r:
+                _log(f"dev {key} rerank: t2i R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["text_to_image"].values())
+                     + ", i2t R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["image_to_text"].values()))
+        out(f"reranker written to {summary['out']} (use --rerank --rerank-model {summary['spec']})")
+    return 0
+
+
+def _base_of(encoder) -> str:
+    base = getattr(encoder, "base", None)
+    return base.spec if base is not None else encoder.spec
+
+
+def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> None:
+    """Add the ``train-reranker`` command to the imgsearch parser."""
+    p = sub.add_parser("train-reranker", help="train the cross-attention fusion reranker (ITM with hard negatives)")
+    p.add_argument("dataset", help="dataset folder: images/ + captions.jsonl with a split field")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for reranker.safetensors, reranker.json, MODEL_CARD.md")
+    common(p, "the search encoder whose candidates are reranked and whose towers give regions (default: default)")
+    p.add_argument("--epochs", type=int, default=12, help="an epoch pairs every image with one of its captions")
+    p.add_argument("--views", type=int, default=0, metavar="K", help="augmented views per training image (+1 clean)")
+    p.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder (default: <tmp>/imgsearch-features)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--dev-split", default="dev", help="split for model selection and alpha ('none': last epoch)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--hard-k", type=int, default=20, help="hard negatives come from the dual encoder's top K")
+    p.add_argument("--rerank-k", type=int, default=20, help="candidates reranked when measuring dev recall")
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train_reranker)

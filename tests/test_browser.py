@@ -3,6 +3,10 @@
 Needs Python Playwright and a system Chromium at /usr/bin/chromium (`playwright
 install` cannot download here; the Makefile installs the Debian package). Set
 IMGSEARCH_SKIP_BROWSER=1 to skip. Screenshots of each page go to test-artifacts/.
+
+The server runs with `--rerank-model fusion:<folder>` over a randomly initialised fusion
+reranker: its order means nothing, but it exercises loading a reranker on the serve
+encoder's towers and the Rerank switches end to end.
 """
 
 from __future__ import annotations
@@ -57,18 +61,31 @@ def browser():
         b.close()
 
 
+def untrained_reranker(folder: Path) -> Path:
+    """A fusion reranker folder with random (seeded) weights, in the bundled format."""
+    import torch
+
+    from retrieval.rerank.fusion import FusionConfig, FusionModel, save_reranker
+
+    torch.manual_seed(0)
+    cfg = FusionConfig()
+    save_reranker(folder, cfg, FusionModel(cfg).state_dict())
+    return folder
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`imgsearch serve DIR` on a free port; yields (url, photos dir)."""
+    """`imgsearch serve DIR --rerank-model fusion:...` on a free port; yields (url, photos dir)."""
     root = tmp_path_factory.mktemp("browser")
     photos, data = root / "photos", root / "data"
     shutil.copytree(SAMPLE, photos)
+    reranker = untrained_reranker(root / "reranker")
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     env.pop("IMGSEARCH_AUTH", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ui.cli", "serve", str(photos), "--db", str(data), "--port", str(port),
-         "--no-progress"],
+         "--no-progress", "--rerank-model", f"fusion:{reranker}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
     log: list[str] = []
@@ -136,10 +153,17 @@ def test_search_page(page):
     assert "cat_chelsea.png" in text and "Dimensions" in text and "Taken" in text
     page.wait_for_function("() => { const i = document.querySelector('#detail-img img');"
                            " return i && i.complete && i.naturalWidth > 0; }")
-    rerank = page.get_by_label("Rerank")
-    assert rerank.is_disabled()
-    assert page.get_by_text("install a reranker to enable").is_visible()
     page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
+
+    rerank = page.locator("#rerank input[type=checkbox]")
+    assert rerank.is_enabled()
+    assert page.get_by_text("reorder the top results with the reranker").is_visible()
+    rerank.check()  # re-runs the search, reranked
+    page.locator("#status-line").get_by_text("(reranked)").wait_for()
+    labels = page.locator("#results .thumbnail-item .caption-label").all_inner_texts()
+    assert labels and all(re.match(r"\d\.\d\d · match \d\.\d\d · ", t) for t in labels), labels[:3]
+    assert any("cat_chelsea.png" in t for t in labels)  # the same photos, in the reranker's order
+    page.screenshot(path=str(ARTIFACTS / "search-reranked.png"), full_page=True)
 
     box = page.locator("#query input, #query textarea").first
     box.fill("")
@@ -157,8 +181,15 @@ def test_find_by_photo_page(page):
     labels = page.locator("#similar .thumbnail-item .caption-label")
     labels.first.wait_for()
     assert "cat_chelsea.png" in labels.first.inner_text()
+    assert "Match" in table.get_by_role("row").first.inner_text()
     page.wait_for_timeout(500)  # let the thumbnails paint
     page.screenshot(path=str(ARTIFACTS / "find-by-photo.png"), full_page=True)
+
+    page.locator("#photo-rerank input[type=checkbox]").check()  # re-runs the search, captions reranked
+    page.locator("#photo-status").get_by_text("best captions (reranked)").wait_for()
+    first_row = table.get_by_role("row").nth(1)
+    assert re.search(r"\b[01]\.\d{1,3}$", first_row.inner_text().strip()), first_row.inner_text()  # its match
+    page.screenshot(path=str(ARTIFACTS / "find-by-photo-reranked.png"), full_page=True)
 
 
 def test_library_reindex_then_find_new_photo(page, server):

@@ -1,7 +1,8 @@
 """The web UI's endpoints, through gradio_client, against the app launched in-process.
 
 One module-scoped app over a copy of sample_data/ indexed with the real default
-encoder (the model loads once, ~8 s); a second app over an empty index.
+encoder (the model loads once, ~8 s); a second app over the same kind of index with
+a fake reranker; a third over an empty index.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import re
 import shutil
 import socket
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
@@ -24,11 +27,14 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
+import ui.web  # noqa: E402
 from indexer.sync import Indexer  # noqa: E402
 from retrieval.encoders import create_encoder  # noqa: E402
+from retrieval.images import load_image  # noqa: E402
+from retrieval.rerank import Reranker  # noqa: E402
 from retrieval.search import Searcher  # noqa: E402
 from retrieval.store import Store  # noqa: E402
-from ui.web import RERANK_INFO_OFF, AppState, build_app, launch  # noqa: E402
+from ui.web import RERANK_INFO_OFF, RERANK_INFO_ON, AppState, build_app, launch  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +60,73 @@ def _serve(state: AppState, photos: Path | None) -> App:
     return App(state, demo, f"http://127.0.0.1:{port}/", photos)
 
 
+class FakeReranker:
+    """A tiny deterministic reranker: an image's regions are its mean colour (1 region x 3 channels).
+
+    Its match logit is high for regions of the ``target`` colour (set by a test) and for the
+    ``preferred`` text, so a test can tell which photo or caption must come first.
+    """
+
+    spec = "fake-rerank"
+    fingerprint = "fake-rerank:1"
+    region_key = "fake-mean-rgb"  # no index stores these: regions come from the photo files
+    alpha = 0.0  # the ITM logit alone decides the order
+
+    def __init__(self) -> None:
+        self.target: np.ndarray | None = None
+        self.preferred: str | None = None
+        self.region_calls = 0
+
+    def encode_regions(self, images) -> np.ndarray:
+        self.region_calls += 1
+        means = [np.asarray(im.convert("RGB"), np.float32).mean(axis=(0, 1)) / 255.0 for im in images]
+        return np.asarray(means, np.float16).reshape(len(means), 1, 3)
+
+    def itm_scores(self, texts, regions) -> np.ndarray:
+        regions = np.asarray(regions, np.float32)
+        n = max(len(texts), len(regions))
+        texts = list(texts) * n if len(texts) == 1 else list(texts)
+        regions = np.repeat(regions, n, axis=0) if len(regions) == 1 else regions
+        out = np.zeros(n, np.float32)
+        if self.target is not None:
+            out += 5.0 - 100.0 * np.linalg.norm(regions[:, 0, :] - self.target, axis=1)
+        if self.preferred is not None:
+            out += np.array([8.0 if t == self.preferred else -8.0 for t in texts], np.float32)
+        return out
+
+
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    root = tmp_path_factory.mktemp("web")
+def encoder():
+    return create_encoder("default")
+
+
+def _indexed_copy(root: Path, encoder) -> tuple[Path, Path, Store]:
     photos, data = root / "photos", root / "data"
     shutil.copytree(SAMPLE, photos)
-    encoder = create_encoder("default")
     store = Store(data)
     Indexer(encoder, store, show_progress=False).sync(str(photos))
+    return photos, data, store
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, encoder):
+    photos, data, store = _indexed_copy(tmp_path_factory.mktemp("web"), encoder)
     state = AppState(data, searcher=Searcher(encoder, store))
     a = _serve(state, photos)
+    yield a
+    a.demo.close()
+    state.close()
+
+
+@pytest.fixture(scope="module")
+def rerank_app(tmp_path_factory, encoder):
+    """The sample index with a FakeReranker reordering the top 5 (``app.reranker``)."""
+    photos, data, store = _indexed_copy(tmp_path_factory.mktemp("web-rerank"), encoder)
+    reranker = FakeReranker()
+    assert isinstance(reranker, Reranker)
+    state = AppState(data, searcher=Searcher(encoder, store), reranker=reranker, rerank_k=5)
+    a = _serve(state, photos)
+    a.reranker = reranker  # type: ignore[attr-defined]
     yield a
     a.demo.close()
     state.close()
@@ -78,9 +141,18 @@ def empty_app(tmp_path_factory):
     state.close()
 
 
-def search(app: App, query: str, k: int = 5, min_score: float = 0.0):
-    gallery, status, hits = app.client.predict(query, k, min_score, False, api_name="/search")
+def search(app: App, query: str, k: int = 5, min_score: float = 0.0, rerank: bool = False):
+    gallery, status, hits = app.client.predict(query, k, min_score, rerank, api_name="/search")
     return gallery, status, hits
+
+
+def find_by_photo(app: App, path: Path, k: int = 6, rerank: bool = False):
+    status, table, gallery = app.client.predict(handle_file(str(path)), k, rerank, api_name="/find_by_photo")
+    return status, table, gallery
+
+
+def checkboxes(app: App) -> dict[str, gr.Checkbox]:
+    return {b.label: b for b in app.demo.blocks.values() if isinstance(b, gr.Checkbox)}
 
 
 # -- search ---------------------------------------------------------------------------------------
@@ -138,28 +210,147 @@ def test_photo_details(app):
 
 
 def test_rerank_checkbox_disabled_without_reranker(app):
-    boxes = [b for b in app.demo.blocks.values() if isinstance(b, gr.Checkbox) and b.label == "Rerank"]
-    assert len(boxes) == 1
-    assert boxes[0].interactive is False and boxes[0].info == RERANK_INFO_OFF
+    boxes = checkboxes(app)
+    assert set(boxes) == {"Rerank", "Rerank captions"}
+    for box in boxes.values():
+        assert box.interactive is False and box.info == RERANK_INFO_OFF
+    # asking for a rerank without a reranker is no error: the plain search answers
+    gallery, status, hits = search(app, "a cat", rerank=True)
+    assert hits[0]["name"] == "cat_chelsea.png" and all(h["match"] is None for h in hits)
+    assert "reranked" not in status and "match" not in gallery[0]["caption"]
 
 
 # -- find by photo --------------------------------------------------------------------------------
 
 def test_find_by_photo(app):
-    status, table, gallery = app.client.predict(handle_file(str(SAMPLE / "espresso_cup.png")), 6,
-                                                api_name="/find_by_photo")
+    status, table, gallery = find_by_photo(app, SAMPLE / "espresso_cup.png")
     rows = table["data"]
+    assert table["headers"] == ["Score", "Caption", "Photo"]
     assert rows[0][2] == "espresso_cup.png" and "espresso" in rows[0][1].lower()
     assert rows[0][0] >= rows[-1][0]
     assert len(gallery) == 6 and gallery[0]["caption"].split(" · ")[1].startswith("espresso_cup.png")
-    assert "best captions" in status
+    assert "best captions" in status and "reranked" not in status
+
+
+def test_find_by_photo_without_the_rerank_argument(app):
+    """Clients written before the "Rerank captions" input still work: it defaults to off."""
+    status, table, gallery = app.client.predict(handle_file(str(SAMPLE / "espresso_cup.png")), 6,
+                                                api_name="/find_by_photo")
+    assert table["data"][0][2] == "espresso_cup.png" and len(gallery) == 6 and "best captions" in status
+    # and rerank=True without a reranker is the plain answer
+    _, reranked, _ = find_by_photo(app, SAMPLE / "espresso_cup.png", rerank=True)
+    assert reranked["data"] == table["data"]
 
 
 def test_find_by_photo_rejects_non_image(app, tmp_path):
     bogus = tmp_path / "notes.png"
     bogus.write_text("this is not a picture")
-    status, table, gallery = app.client.predict(handle_file(str(bogus)), 6, api_name="/find_by_photo")
+    status, table, gallery = find_by_photo(app, bogus)
     assert "not an image" in status and gallery == [] and not table["data"]
+
+
+# -- reranking ------------------------------------------------------------------------------------
+
+def _regions_of(app: App, path: str) -> np.ndarray:
+    """What the fake reranker sees for an indexed photo (the Searcher decodes it the same way)."""
+    size = app.state.searcher().encoder.image_size
+    return app.reranker.encode_regions([load_image(path, target_size=size)])[0, 0].astype(np.float32)
+
+
+def test_rerank_checkboxes_enabled_with_reranker(rerank_app):
+    boxes = checkboxes(rerank_app)
+    assert boxes["Rerank"].interactive is True and boxes["Rerank"].info == RERANK_INFO_ON
+    assert boxes["Rerank captions"].interactive is True and boxes["Rerank captions"].info != RERANK_INFO_OFF
+
+
+def test_search_rerank_reorders_the_top_k(rerank_app):
+    _, status, plain = search(rerank_app, "a cat", k=8)
+    assert "reranked" not in status and all(h["match"] is None for h in plain)
+    target = plain[4]  # last of the reranked top 5: the reranker lifts it to the front
+    rerank_app.reranker.target = _regions_of(rerank_app, target["photo"])
+    try:
+        gallery, status, hits = search(rerank_app, "a cat", k=8, rerank=True)
+    finally:
+        rerank_app.reranker.target = None
+    assert "(reranked)" in status and len(hits) == len(gallery) == 8
+    assert hits[0]["photo"] == target["photo"]
+    names = [h["name"] for h in hits]
+    assert sorted(names[:5]) == sorted(h["name"] for h in plain[:5])  # the same top 5, reordered
+    assert names[5:] == [h["name"] for h in plain[5:]]  # beyond rerank_k: untouched
+    assert [h["score"] for h in hits] == [next(p["score"] for p in plain if p["name"] == n) for n in names]
+    assert hits[0]["match"] > 0.9 and all(0.0 <= h["match"] <= 1.0 for h in hits[:5])
+    assert all(h["match"] is None for h in hits[5:])
+    m = re.match(r"(\d\.\d\d) · match (\d\.\d\d) · (\S+)", gallery[0]["caption"])
+    assert m and m.group(1) == f"{hits[0]['score']:.2f}" and m.group(2) == f"{hits[0]['match']:.2f}"
+    assert m.group(3) == target["name"]
+    assert " · match " not in gallery[5]["caption"]
+
+
+def test_search_rerank_off_is_the_plain_search(rerank_app):
+    rerank_app.reranker.target = np.ones(3, np.float32)
+    try:
+        _, _, hits = search(rerank_app, "a cup of espresso", k=5)
+    finally:
+        rerank_app.reranker.target = None
+    assert hits[0]["name"] == "espresso_cup.png" and all(h["match"] is None for h in hits)
+
+
+def test_find_by_photo_rerank_captions(rerank_app):
+    status, plain, similar = find_by_photo(rerank_app, SAMPLE / "espresso_cup.png")
+    assert plain["headers"] == ["Score", "Caption", "Photo", "Match"]
+    assert "reranked" not in status and all(r[3] is None for r in plain["data"])
+    preferred = plain["data"][-1][1]
+    rerank_app.reranker.preferred = preferred
+    calls = rerank_app.reranker.region_calls
+    try:
+        status, table, similar_rr = find_by_photo(rerank_app, SAMPLE / "espresso_cup.png", rerank=True)
+    finally:
+        rerank_app.reranker.preferred = None
+    rows = table["data"]
+    assert "best captions (reranked)" in status
+    assert rows[0][1] == preferred and rows[0][3] > 0.9
+    assert sorted(r[1] for r in rows) == sorted(r[1] for r in plain["data"])  # the same captions, reordered
+    assert all(r[3] is not None for r in rows)
+    assert rerank_app.reranker.region_calls == calls + 1  # the upload's regions, once
+    assert [g["caption"] for g in similar_rr] == [g["caption"] for g in similar]  # similar photos: not reranked
+
+
+def test_reranker_reaches_lazily_opened_and_reindexed_searchers(tmp_path, photo_dir, fake_encoder, monkeypatch):
+    """The reranker goes to a searcher opened on first use, and to the one a reindex opens."""
+    store = Store(tmp_path / "data")
+    Indexer(fake_encoder, store, show_progress=False).sync(str(photo_dir))
+    store.close()
+    reranker = FakeReranker()
+
+    def open_searcher(data_dir, model=None, device=None):
+        return Searcher(fake_encoder, Store(data_dir, create=False))
+
+    monkeypatch.setattr(ui.web, "open_searcher", open_searcher)
+    lazy = AppState(tmp_path / "data", reranker=reranker, rerank_k=3)
+    try:
+        plain = lazy.search("anything", k=3)
+        reranker.target = _mean_rgb(plain[2].hit.path, fake_encoder.image_size)
+        found = lazy.search("anything", k=3, rerank=True)
+        assert lazy.searcher().reranker is not None and lazy.searcher().rerank_k == 3
+        assert found[0].hit.path == plain[2].hit.path and found[0].hit.match > 0.9
+    finally:
+        lazy.close()
+
+    monkeypatch.setattr(ui.web, "create_encoder", lambda spec, device=None: fake_encoder)
+    reindexed = AppState(tmp_path / "data", reranker=reranker, rerank_k=3)
+    try:
+        assert reindexed.start_reindex() and reindexed.wait_reindex(timeout=60)
+        assert not reindexed.status.errors and reindexed._searcher is not None
+        searcher = reindexed.searcher()  # opened by the reindex, around its encoder
+        assert searcher.encoder._encoder is fake_encoder and searcher.reranker is not None
+        assert reindexed.search("anything", k=3, rerank=True)[0].hit.path == plain[2].hit.path
+    finally:
+        reindexed.close()
+
+
+def _mean_rgb(path: str, size: int) -> np.ndarray:
+    im = load_image(path, target_size=size).convert("RGB")
+    return FakeReranker().encode_regions([im])[0, 0].astype(np.float32)
 
 
 # -- library and reindex --------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 With DIR, the folder is first brought up to date in the index (incrementally).
 Binds 127.0.0.1 unless --host says otherwise; never creates a public share link.
+The reranker behind the Rerank switches (--rerank-model, the bundled one by default)
+is loaded at start, on the search encoder's towers where it can share them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import os
 
 AUTH_ENV = "IMGSEARCH_AUTH"
+NO_RERANKER = "none"
 
 
 def register(sub, common) -> None:
@@ -23,7 +26,22 @@ def register(sub, common) -> None:
                    help=f"require this login (default: ${AUTH_ENV} when set)")
     p.add_argument("--max-upload", default="25mb", metavar="SIZE", help="largest accepted upload (default 25mb)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while indexing DIR")
+    p.add_argument("--rerank-model", default="default", metavar="SPEC",
+                   help="reranker behind the Rerank switches: default (the bundled one, when installed), "
+                        "fusion:<folder>, hf-blip:<hub id or folder>, or none (default: default)")
+    p.add_argument("--rerank-k", type=_positive_int, default=20, metavar="N",
+                   help="how many top results the Rerank switches reorder (default 20)")
     p.set_defaults(func=cmd_serve)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -60,6 +78,48 @@ def _index_first(args: argparse.Namespace):
         raise
 
 
+def _open_existing(args: argparse.Namespace):
+    """A Searcher over the existing index in --db (None when there is none yet), so that the
+    reranker can share its encoder instead of loading a second copy of the towers."""
+    from retrieval.errors import ImgSearchError
+    from retrieval.search import open_searcher
+    from retrieval.store import DB_FILE
+
+    if not os.path.exists(os.path.join(args.db, DB_FILE)):
+        return None
+    try:
+        return open_searcher(args.db, model=args.model, device=args.device)
+    except ImgSearchError:  # empty or unusable: the pages say why, as they do without a reranker
+        return None
+
+
+def _bundled_reranker_missing(spec: str) -> bool:
+    from retrieval.rerank import BUNDLED_RERANKER_DIR
+    from retrieval.rerank.fusion import WEIGHTS_FILE
+
+    return spec == "default" and not os.path.isfile(os.path.join(BUNDLED_RERANKER_DIR, WEIGHTS_FILE))
+
+
+def load_reranker(spec: str | None, encoder=None, device: str | None = None):
+    """The reranker ``spec`` names, on ``encoder``'s towers where they fit; None for "none".
+
+    The bundled reranker ("default") may not be installed: that is one line on stderr and no
+    reranker. Any other failure raises the library's error.
+    """
+    from retrieval.rerank import create_reranker
+    from ui.cli import log
+
+    spec = (spec or "").strip()
+    if not spec or spec.lower() == NO_RERANKER:
+        return None
+    if _bundled_reranker_missing(spec):
+        log("no bundled reranker; the Rerank switch stays off")
+        return None
+    reranker = create_reranker(spec, encoder=encoder, device=device)
+    log(f"reranker: {reranker.spec}")
+    return reranker
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ui.cli import UsageError, log, out
 
@@ -69,8 +129,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ui.web import AppState, build_app, launch
 
+    spec = (args.rerank_model or "").strip()
     searcher = _index_first(args) if args.folder else None
-    state = AppState(args.db, model=args.model, device=args.device, searcher=searcher)
+    if searcher is None and spec.lower() not in ("", NO_RERANKER) and not _bundled_reranker_missing(spec):
+        searcher = _open_existing(args)  # open now, so that the reranker shares its encoder
+    try:
+        reranker = load_reranker(spec, encoder=searcher.encoder if searcher else None, device=args.device)
+    except BaseException:
+        if searcher is not None:
+            searcher.store.close()
+        raise
+    state = AppState(args.db, model=args.model, device=args.device, searcher=searcher, reranker=reranker,
+                     rerank_k=args.rerank_k)
     demo = build_app(state)
     try:
         launch(demo, state, host=args.host, port=args.port, auth=auth, max_file_size=args.max_upload,

@@ -6,8 +6,14 @@ Searcher, Store and Indexer. ``build_app`` lays out the pages and turns library
 errors into messages; ``launch`` serves the app with the file-serving rules
 locked down to the indexed folders and the thumbnail cache.
 
-Endpoints (for gradio_client): /search, /photo_details, /find_by_photo,
-/library_info, /reindex.
+Endpoints (for gradio_client):
+  /search(query, k, min_score, rerank) -> (gallery, status, hits)
+  /find_by_photo(image, k, rerank=False) -> (status, captions table, similar photos)
+  /photo_details(path), /library_info(), /reindex().
+
+A reranker (``retrieval.rerank.Reranker``, loaded by the caller) passed to
+``AppState`` enables the "Rerank" switches: the Searcher reorders the top results
+with it, and the gallery labels show its match probability.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -31,22 +37,25 @@ from indexer.sync import Indexer
 from retrieval.encoders import create_encoder
 from retrieval.errors import EmptyIndexError, ImageLoadError, ImgSearchError, StoreError
 from retrieval.images import load_image
+from retrieval.rerank import DEFAULT_RERANK_K
 from retrieval.search import Hit, QueryError, Searcher, open_searcher
 from retrieval.store import DB_FILE, CaptionRow, ImageRow, Store
 
 from .thumbs import ThumbnailCache
 
-log = logging.getLogger("imgsearch.web")
+if TYPE_CHECKING:
+    from retrieval.rerank import Reranker
 
-# A reranker reorders (and may rescore) the hits of a text query. None exist yet: pass one to
-# AppState(reranker=...) and the "Rerank" checkbox becomes usable.
-Reranker = Callable[[str, list[Hit]], list[Hit]]
+log = logging.getLogger("imgsearch.web")
 
 DEFAULT_K = 12
 MAX_K = 100
 MAX_UPLOAD = "25mb"
+CAPTIONS_K = 5
+CAPTION_HEADERS = ["Score", "Caption", "Photo"]
 RERANK_INFO_OFF = "install a reranker to enable"
 RERANK_INFO_ON = "reorder the top results with the reranker"
+RERANK_CAPTIONS_INFO_ON = "reorder the best captions with the reranker"
 
 
 # -- state: everything the pages need, through the library only ------------------------------
@@ -89,9 +98,9 @@ class _SerialTextEncoder:
     """The searcher's encoder with text encoding serialised: fast tokenizers refuse concurrent use
     ("Already borrowed"), and the reindex thread shares the encoder with the search requests."""
 
-    def __init__(self, encoder) -> None:
+    def __init__(self, encoder, lock: threading.Lock | None = None) -> None:
         self._encoder = encoder
-        self._text_lock = threading.Lock()
+        self._text_lock = lock or threading.Lock()
 
     def encode_texts(self, texts):
         with self._text_lock:
@@ -101,28 +110,63 @@ class _SerialTextEncoder:
         return getattr(self._encoder, name)
 
 
+class _SerialReranker:
+    """The reranker with its text side serialised under the encoder's text lock: the bundled
+    reranker tokenizes with the search encoder's own tokenizer (it shares the towers)."""
+
+    def __init__(self, reranker, lock: threading.Lock) -> None:
+        self._reranker = reranker
+        self._text_lock = lock
+
+    def itm_scores(self, texts, regions):
+        with self._text_lock:
+            return self._reranker.itm_scores(texts, regions)
+
+    def __getattr__(self, name: str):
+        return getattr(self._reranker, name)
+
+
 class AppState:
-    """The web app's view of one data folder: search, photo facts, library facts, and reindexing."""
+    """The web app's view of one data folder: search, photo facts, library facts, and reindexing.
+
+    ``reranker`` (loaded by the caller, e.g. ``retrieval.rerank.create_reranker`` with the search
+    encoder so the towers are shared) goes to every Searcher this state opens; searches asked to
+    rerank reorder their top ``rerank_k`` with it. Without one (and without one on ``searcher``)
+    the Rerank switches stay off.
+    """
 
     def __init__(self, data_dir: str | os.PathLike, *, model: str | None = None, device: str | None = None,
-                 searcher: Searcher | None = None, reranker: Reranker | None = None,
-                 thumbs_dir: str | os.PathLike | None = None) -> None:
+                 searcher: Searcher | None = None, reranker: "Reranker | None" = None,
+                 rerank_k: int = DEFAULT_RERANK_K, thumbs_dir: str | os.PathLike | None = None) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.model = model
         self.device = device
+        if reranker is None and searcher is not None:
+            reranker = searcher.reranker
+        if isinstance(reranker, _SerialReranker):
+            reranker = reranker._reranker
         self.reranker = reranker
+        self.rerank_k = int(rerank_k)
         self.thumbs = ThumbnailCache(thumbs_dir or self.data_dir / "thumbs")
         self.status = ReindexStatus()
         self._lock = threading.RLock()
+        self._text_lock = threading.Lock()  # the encoder's tokenizer, shared with the reranker
+        self._reranker = _SerialReranker(reranker, self._text_lock) if reranker is not None else None
         self._searcher = self._wrap(searcher) if searcher is not None else None
         self._info_store: Store | None = None
         self._thread: threading.Thread | None = None
 
-    @staticmethod
-    def _wrap(searcher: Searcher) -> Searcher:
-        if isinstance(searcher.encoder, _SerialTextEncoder):
-            return searcher
-        return Searcher(_SerialTextEncoder(searcher.encoder), searcher.store)  # type: ignore[arg-type]
+    @property
+    def has_reranker(self) -> bool:
+        return self.reranker is not None
+
+    def _wrap(self, searcher: Searcher) -> Searcher:
+        """``searcher`` around the serialised encoder, with this state's reranker."""
+        encoder = searcher.encoder
+        if isinstance(encoder, _SerialTextEncoder):
+            encoder = encoder._encoder
+        return Searcher(_SerialTextEncoder(encoder, self._text_lock), searcher.store,  # type: ignore[arg-type]
+                        reranker=self._reranker, rerank_k=self.rerank_k)
 
     # -- library objects --------------------------------------------------------------------
 
@@ -134,6 +178,22 @@ class AppState:
                     raise EmptyIndexError(f"there is no index in {self.data_dir} yet")
                 self._searcher = self._wrap(open_searcher(self.data_dir, model=self.model, device=self.device))
             return self._searcher
+
+    def _adopt(self, encoder) -> None:
+        """After a reindex that loaded its own encoder: open the searcher around it (with the
+        reranker, like any searcher this state opens) rather than load the model again later."""
+        with self._lock:
+            if self._searcher is not None:
+                return
+            store = Store(self.data_dir, create=False)
+            try:
+                if store.encoder_info is None:
+                    store.close()
+                    return
+                self._searcher = self._wrap(Searcher(encoder, store))
+            except BaseException:
+                store.close()
+                raise
 
     def store(self) -> Store | None:
         """The store to read library facts from, or None while no index exists."""
@@ -158,22 +218,28 @@ class AppState:
 
     def search(self, query: str, k: int = DEFAULT_K, min_score: float | None = None,
                rerank: bool = False) -> list[Result]:
+        """Photos for a text query; with ``rerank`` (and a reranker) the top ``rerank_k`` reordered."""
         searcher = self.searcher()
-        hits = searcher.search_text(query, k=k, min_score=min_score)
-        if rerank and self.reranker is not None and hits:
-            hits = self.reranker(query, hits)
+        hits = searcher.search_text(query, k=k, min_score=min_score, rerank=bool(rerank) and self.has_reranker)
         return self._results(hits)
 
-    def photo_matches(self, image: Any, k_captions: int = 5, k_photos: int = DEFAULT_K
-                      ) -> tuple[list[Result], list[Result]]:
-        """Best captions and most similar photos for one query photo, embedding it once."""
+    def photo_matches(self, image: Any, k_captions: int = CAPTIONS_K, k_photos: int = DEFAULT_K,
+                      rerank: bool = False) -> tuple[list[Result], list[Result]]:
+        """Best captions and most similar photos for one query photo, embedding it once.
+
+        With ``rerank`` (and a reranker) the best ``rerank_k`` captions are reordered by it.
+        """
         searcher = self.searcher()
         vector = searcher.embed_image(image)
+        rerank = bool(rerank) and self.has_reranker
         try:
-            caps = self._results(searcher.captions_near(vector, k=k_captions))
+            hits = searcher.captions_near(vector, k=max(k_captions, self.rerank_k) if rerank else k_captions)
         except EmptyIndexError:  # photos but no captions: still show the similar photos
-            caps = []
-        return caps, self._results(searcher.images_near(vector, k=k_photos))
+            hits = []
+        if rerank and hits:
+            top = self.rerank_k
+            hits = searcher.rerank_captions(image, hits[:top]) + hits[top:]
+        return self._results(hits[:k_captions]), self._results(searcher.images_near(vector, k=k_photos))
 
     def load_query_image(self, path: str):
         """An uploaded file decoded once (ImageLoadError with a reason when it is not a readable image)."""
@@ -283,6 +349,7 @@ class AppState:
                     status.errors.append(f"{folder}: {e}")
                     continue
                 status.summaries.append(report.summary())
+            self._adopt(encoder)
         except ImgSearchError as e:
             status.errors.append(str(e))
         except Exception as e:  # a bug: keep serving, and say what happened
@@ -336,7 +403,10 @@ def _gallery(state: AppState, results: list[Result]) -> tuple[list[tuple[str, st
         thumb = state.thumbnail(r)
         if thumb is None:
             continue  # unreadable since it was indexed (deleted or replaced): nothing to show
-        label = f"{r.hit.score:.2f} · {r.name}"
+        label = f"{r.hit.score:.2f} · "
+        if r.hit.match is not None:  # reranked: the reranker's match probability
+            label += f"match {r.hit.match:.2f} · "
+        label += r.name
         if r.caption:
             label += f" — {r.caption}"
         items.append((thumb, label))
@@ -449,7 +519,7 @@ def theme() -> gr.themes.Base:
 
 def build_app(state: AppState) -> gr.Blocks:
     """The Blocks app: Search, Find by photo, and Library tabs over ``state``."""
-    has_reranker = state.reranker is not None
+    has_reranker = state.has_reranker
 
     with gr.Blocks(title="imgsearch", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# imgsearch\nSearch your photos by what is in them — offline, on this computer.", elem_id="app-title")
@@ -465,7 +535,8 @@ def build_app(state: AppState) -> gr.Blocks:
                     k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Results (top-k)")
                     min_score = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Minimum score")
                     rerank = gr.Checkbox(label="Rerank", value=False, interactive=has_reranker,
-                                         info=RERANK_INFO_ON if has_reranker else RERANK_INFO_OFF)
+                                         info=RERANK_INFO_ON if has_reranker else RERANK_INFO_OFF,
+                                         elem_id="rerank")
                 status = gr.Markdown(elem_id="status-line")
                 results = gr.Gallery(label="Results", show_label=False, columns=6, height="auto",
                                      object_fit="cover", allow_preview=False, elem_id="results")
@@ -487,13 +558,19 @@ def build_app(state: AppState) -> gr.Blocks:
                             label="Upload or paste a photo", type="filepath", sources=["upload", "clipboard"],
                             height=320, elem_id="photo-input"))
                         photo_k = gr.Slider(1, 50, value=8, step=1, label="Results")
+                        photo_rerank = gr.Checkbox(label="Rerank captions", value=False, interactive=has_reranker,
+                                                   info=RERANK_CAPTIONS_INFO_ON if has_reranker else RERANK_INFO_OFF,
+                                                   elem_id="photo-rerank")
                         photo_btn = gr.Button("Find", variant="primary", elem_id="photo-btn")
                     with gr.Column(scale=3):
                         photo_status = gr.Markdown(elem_id="photo-status")
-                        captions_table = gr.Dataframe(headers=["Score", "Caption", "Photo"],
-                                                      datatype=["number", "str", "str"], label="Best-matching captions",
-                                                      interactive=False, wrap=True, elem_id="captions-table",
-                                                      column_widths=["12%", "63%", "25%"])
+                        captions_table = gr.Dataframe(headers=CAPTION_HEADERS + (["Match"] if has_reranker else []),
+                                                      datatype=["number", "str", "str"]
+                                                      + (["number"] if has_reranker else []),
+                                                      label="Best-matching captions", interactive=False, wrap=True,
+                                                      elem_id="captions-table",
+                                                      column_widths=["11%", "55%", "22%", "12%"] if has_reranker
+                                                      else ["12%", "63%", "25%"])
                 similar = gr.Gallery(label="Most similar photos", columns=6, height="auto", object_fit="cover",
                                      allow_preview=True, elem_id="similar")
 
@@ -522,9 +599,10 @@ def build_app(state: AppState) -> gr.Blocks:
             empty = ([], None, [], gr.Column(visible=False))
             if not (q or "").strip():
                 return ([], _msg("info", "Type a few words describing the photo you are looking for."), *empty[1:])
+            reranked = bool(use_rerank) and has_reranker
             try:
                 found = state.search(q, k=int(top_k), min_score=float(threshold) if threshold else None,
-                                     rerank=bool(use_rerank))
+                                     rerank=reranked)
             except QueryError as e:
                 return ([], _msg("info", str(e).capitalize() + "."), *empty[1:])
             except EmptyIndexError:
@@ -538,15 +616,24 @@ def build_app(state: AppState) -> gr.Blocks:
                 return ([], _msg("info", text), *empty[1:])
             allow_current_folders()
             items, shown = _gallery(state, found)
-            note = f"{len(items)} photo{'s' if len(items) != 1 else ''} for “{q.strip()}” — " \
-                   "click one for details."
+            note = f"{len(items)} photo{'s' if len(items) != 1 else ''} for “{q.strip()}”" \
+                   + (" (reranked)" if reranked else "") + " — click one for details."
             data = [{"photo": r.hit.path, "name": r.name, "score": round(r.hit.score, 4), "image_id": r.hit.image_id,
-                     "caption": r.caption} for r in found]  # "photo", not "path": see _details_dict
+                     "caption": r.caption, "match": None if r.hit.match is None else round(r.hit.match, 4)}
+                    for r in found]  # "photo", not "path": see _details_dict
             return items, _msg("ok", note), data, shown, gr.Column(visible=False)
 
         search_outputs = [results, status, hits_json, hits_state, detail]
         gr.on([query.submit, search_btn.click], do_search, [query, k, min_score, rerank], search_outputs,
               api_name="search", concurrency_limit=4)
+
+        def rerun_search(q: str, top_k: float, threshold: float, use_rerank: bool):
+            if not (q or "").strip():  # flipping the switch before searching: nothing to redo
+                return tuple(gr.skip() for _ in search_outputs)
+            return do_search(q, top_k, threshold, use_rerank)
+
+        rerank.input(rerun_search, [query, k, min_score, rerank], search_outputs, api_visibility="private",
+                     concurrency_limit=4)
 
         def details_for(path: str):
             r = state.photo(path)
@@ -572,12 +659,13 @@ def build_app(state: AppState) -> gr.Blocks:
 
         gr.api(photo_details, api_name="photo_details")
 
-        def find_by_photo(image_path: str | None, top_k: float):
+        def find_by_photo(image_path: str | None, top_k: float, use_rerank: bool = False):
             if not image_path:
                 return _msg("info", "Upload or paste a photo to find its captions and similar photos."), [], []
+            reranked = bool(use_rerank) and has_reranker
             try:
                 image = state.load_query_image(image_path)
-                caps, sims = state.photo_matches(image, k_captions=5, k_photos=int(top_k))
+                caps, sims = state.photo_matches(image, k_captions=CAPTIONS_K, k_photos=int(top_k), rerank=reranked)
             except ImageLoadError as e:
                 return _msg("warn", f"That file is not an image we can read ({e.reason})."), [], []
             except EmptyIndexError as e:
@@ -586,14 +674,25 @@ def build_app(state: AppState) -> gr.Blocks:
                 return _msg("error", str(e)), [], []
             allow_current_folders()
             rows = [[round(r.hit.score, 3), r.hit.caption, r.name] for r in caps]
+            if has_reranker:  # the Match column: the reranker's probability, where it reranked
+                for row, r in zip(rows, caps):
+                    row.append(None if r.hit.match is None else round(r.hit.match, 3))
             items, _ = _gallery(state, sims)
-            note = (f"{len(rows)} best captions and {len(items)} similar photos." if rows
-                    else "No captions in the index match this photo.")
+            note = (f"{len(rows)} best captions{' (reranked)' if reranked else ''} and "
+                    f"{len(items)} similar photos." if rows else "No captions in the index match this photo.")
             return _msg("ok", note), rows, items
 
-        gr.on([photo_btn.click, photo.upload], find_by_photo, [photo, photo_k],
+        gr.on([photo_btn.click, photo.upload], find_by_photo, [photo, photo_k, photo_rerank],
               [photo_status, captions_table, similar], api_name="find_by_photo", concurrency_limit=2)
         photo.clear(lambda: ("", [], []), None, [photo_status, captions_table, similar], api_visibility="private")
+
+        def rerun_find(image_path: str | None, top_k: float, use_rerank: bool):
+            if not image_path:
+                return gr.skip(), gr.skip(), gr.skip()
+            return find_by_photo(image_path, top_k, use_rerank)
+
+        photo_rerank.input(rerun_find, [photo, photo_k, photo_rerank], [photo_status, captions_table, similar],
+                           api_visibility="private", concurrency_limit=2)
 
         def library_view():
             lib = state.library()

@@ -13,7 +13,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FLICKR = Path(os.environ.get("IMGSEARCH_FLICKR8K", REPO.parent / "shared" / "data" / "flickr8k"))
 DEFAULT_CACHE = Path(os.environ.get("IMGSEARCH_BENCH_CACHE", "/tmp/imgsearch-bench"))
-BENCHES = ("model", "index224", "index12mp", "query", "reindex")
+BENCHES = ("model", "index224", "index12mp", "query", "reindex", "rerank")
 
 
 @dataclass
@@ -33,6 +33,9 @@ class BenchConfig:
     reindex_files: int = 100_000
     batch_size: int = 32
     workers: int | None = None
+    rerank_model: str = "default"
+    rerank_k: int = 20
+    rerank_photos: int = 256
     flickr_dir: Path = DEFAULT_FLICKR
     cache_dir: Path = DEFAULT_CACHE
     extra: dict = field(default_factory=dict)
@@ -45,6 +48,7 @@ class BenchConfig:
         self.ef_values = (32, 128)
         self.photos_224, self.photos_12mp, self.model_photos = 16, 8, 32
         self.reindex_files = 2_000
+        self.rerank_photos = 32
 
 
 def run(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
@@ -55,7 +59,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
                  "load_average_1m": os.getloadavg()[0]}
     t_all = time.perf_counter()
     encoder = None
-    if {"model", "index224", "index12mp"} & set(cfg.only) or cfg.dim is None:
+    if {"model", "index224", "index12mp", "rerank"} & set(cfg.only) or cfg.dim is None:
         from retrieval.encoders import create_encoder
 
         t = time.perf_counter()
@@ -140,6 +144,17 @@ def run(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         res["sqlite_bytes_per_photo"] = r["sqlite_bytes_per_photo"]
         if "bytes_per_photo" in res:
             res["bytes_per_photo_total"] = res["bytes_per_photo"] + r["sqlite_bytes_per_photo"]
+    if "rerank" in cfg.only:
+        import shutil
+
+        from .indexing import photo_set
+        from .rerank import rerank_latency
+
+        folder = photo_set("224", cfg.rerank_photos, cfg.flickr_dir, cfg.cache_dir, log)
+        data_dir = cfg.cache_dir / f"rerank-index-{cfg.rerank_photos}"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        log(f"rerank latency: top {cfg.rerank_k} of {cfg.rerank_photos} indexed photos, {cfg.rerank_model}")
+        res.update(rerank_latency(encoder, cfg.rerank_model, folder, data_dir, cfg.rerank_k, log))
     res["load_average_1m_end"] = os.getloadavg()[0]
     res["bench_seconds"] = time.perf_counter() - t_all
     return res

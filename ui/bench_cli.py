@@ -30,6 +30,8 @@ def register(sub, common) -> None:
     p.add_argument("--photos-12mp", type=int, default=None)
     p.add_argument("--photos-224", type=int, default=None)
     p.add_argument("--reindex-files", type=int, default=None)
+    p.add_argument("--rerank-model", default="default", metavar="SPEC", help="reranker for the rerank bench")
+    p.add_argument("--rerank-k", type=int, default=20, help="candidates reranked per query in the rerank bench")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decode threads (default: the indexer's)")
     p.add_argument("--flickr", type=Path, default=DEFAULT_FLICKR, help="Flickr8k folder (read only)")
@@ -44,7 +46,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(model=args.model or "default", device=args.device, dim=args.dim, data=args.data,
                       batch_size=args.batch_size, workers=args.workers, flickr_dir=args.flickr,
-                      cache_dir=args.cache_dir)
+                      cache_dir=args.cache_dir, rerank_model=args.rerank_model, rerank_k=args.rerank_k)
     if args.quick:
         cfg.quicken()
     if args.only:

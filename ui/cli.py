@@ -76,7 +76,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         encoder = create_encoder(spec, device=args.device)
         store.check_encoder(encoder.fingerprint, encoder.spec)
         indexer = Indexer(encoder, store, batch_size=args.batch_size, workers=args.workers,
-                          show_progress=not args.no_progress)
+                          show_progress=not args.no_progress, regions=not args.no_regions)
         reports = []
         for folder in args.folders:
             report = indexer.sync(folder)
@@ -195,6 +195,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "images": store.count_images(),
             "captions": store.count_captions(),
             "folders": folders,
+            "regions": store.region_info(),
             "skipped": [{"path": p, "reason": s["reason"]} for p, s in sorted(skipped.items())],
         }
     finally:
@@ -205,6 +206,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     out(f"index:    {data['data_dir']}")
     out(f"encoder:  {info.spec} ({info.fingerprint}, dim {info.dim})" if info else "encoder:  none yet")
     out(f"photos:   {data['images']}   captions: {data['captions']}   skipped: {len(data['skipped'])}")
+    regions = data["regions"]
+    if regions.get("count"):
+        out(f"regions:  {regions['count']} photos ({regions['bytes_per_image']} bytes each, for reranking)")
     for f in folders:
         out(f"folder:   {f['path']} ({f['images']} photos)")
     for s in data["skipped"][:20]:
@@ -264,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decode threads")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--show-skipped", type=int, default=10, metavar="N", help="list at most N skipped files")
+    p.add_argument("--no-regions", action="store_true",
+                   help="do not store region features for reranking (saves ~16 KB per photo; --rerank then decodes photos)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="text → image, or image → image with --image")

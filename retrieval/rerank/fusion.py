@@ -41,6 +41,7 @@ class FusionConfig:
     ffn_mult: int = 2
     self_attention: bool = True  # text self-attention in each layer (besides cross-attention)
     dropout: float = 0.1
+    region_mlp: bool = False  # a GELU MLP (not just a linear map) from region channels to the fusion width
     alpha: float = 1.0  # final score = itm logit + alpha * dual-encoder cosine (chosen on dev)
     format_version: int = FORMAT_VERSION
     train: dict = field(default_factory=dict)  # provenance only
@@ -130,7 +131,9 @@ class FusionModel(torch.nn.Module):
         self.config = cfg
         w = cfg.width
         self.region_norm = torch.nn.LayerNorm(cfg.region_dim)
-        self.region_proj = torch.nn.Linear(cfg.region_dim, w)
+        self.region_proj = (torch.nn.Sequential(torch.nn.Linear(cfg.region_dim, 2 * w), torch.nn.GELU(),
+                                                torch.nn.Linear(2 * w, w))
+                            if cfg.region_mlp else torch.nn.Linear(cfg.region_dim, w))
         # one extra "global" region: the mean of all regions
         self.region_pos = torch.nn.Parameter(torch.zeros(1, cfg.num_regions + 1, w))
         self.text_norm = torch.nn.LayerNorm(cfg.text_dim)

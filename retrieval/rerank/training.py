@@ -32,11 +32,15 @@ class RerankTrainOptions:
     """Hyper-parameters of one reranker training run (recorded in reranker.json)."""
 
     epochs: int = 12  # an epoch pairs every image with one of its captions (sampled afresh)
-    batch_size: int = 128
+    batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_epochs: float = 0.5
     hard_k: int = 20  # hard negatives come from the dual encoder's top-k
+    negatives: int = 5  # negatives per list (listwise loss) or 1 per direction (pointwise)
+    hard_negatives: int = 2  # of those, how many come from the dual encoder's top-k; the rest are random
+    listwise: bool = True  # softmax over [positive + negatives] per query, both directions (+ BCE on all pairs)
+    bce_weight: float = 0.5  # the pointwise BCE term added to the listwise loss (keeps logits calibrated)
     patience: int = 3
     seed: int = 0
     width: int = 256
@@ -44,8 +48,9 @@ class RerankTrainOptions:
     heads: int = 4
     self_attention: bool = False
     dropout: float = 0.1
+    region_mlp: bool = False
     rerank_k: int = 20  # candidates reranked when measuring dev recall
-    dev_queries: int = 500  # images (and their captions) that measure dev recall each epoch; all at the end
+    dev_queries: int = 200  # images (and their captions) that measure dev recall each epoch; all at the end
 
 
 @dataclass
@@ -96,21 +101,22 @@ def reranked_recall(sims: np.ndarray, caption_image: np.ndarray,
     sim_t2i = np.take_along_axis(sims[rows], t2i, 1)
     sim_i2t = np.take_along_axis(sims[:, cols].T, i2t, 1)
 
+    own_caps = caption_image[None, :] == cols[:, None]  # (images, captions)
+
     def recall_at(alpha: float | None) -> dict:
         # text->image: rank within the query's rows; reranked candidates go above the rest
-        sub = sims[rows].copy()
-        subi = sims[:, cols].T.copy()  # (images, captions)
+        # float64: at an offset of 1e4, float32 would tie candidates closer than ~1e-3
+        sub = sims[rows].astype(np.float64)
+        subi = sims[:, cols].T.astype(np.float64)  # (images, captions)
         if alpha is not None:
-            top = 1e4 + s_t2i + alpha * sim_t2i
+            top = 1e4 + s_t2i.astype(np.float64) + alpha * sim_t2i.astype(np.float64)
             np.put_along_axis(sub, t2i, top, 1)
-            np.put_along_axis(subi, i2t, 1e4 + s_i2t + alpha * sim_i2t, 1)
+            np.put_along_axis(subi, i2t, 1e4 + s_i2t.astype(np.float64) + alpha * sim_i2t.astype(np.float64), 1)
         own = sub[np.arange(len(rows)), caption_image[rows]]
         t2i_rank = (sub > own[:, None]).sum(1)
-        # image->text: best rank among the image's own captions
-        i2t_rank = np.empty(len(cols), np.int64)
-        for n, img in enumerate(cols):
-            order = np.argsort(-subi[n], kind="stable")
-            i2t_rank[n] = np.nonzero(caption_image[order] == img)[0][0]
+        # image->text: rank of the best-scoring own caption (captions scoring strictly higher)
+        best_own = np.where(own_caps, subi, -np.inf).max(axis=1)
+        i2t_rank = (subi > best_own[:, None]).sum(1)
         return {"text_to_image": {f"R@{q}": round(100.0 * float(np.mean(t2i_rank < q)), 2) for q in (1, 5, 10)},
                 "image_to_text": {f"R@{q}": round(100.0 * float(np.mean(i2t_rank < q)), 2) for q in (1, 5, 10)}}
 
@@ -150,6 +156,12 @@ def feature_pair_scorer(model: FusionModel, feats: RerankFeatures, batch: int = 
     return score
 
 
+def _random_other(rng: np.random.Generator, n: int, not_this: int, size: int) -> np.ndarray:
+    """``size`` random indices in [0, n) other than ``not_this``."""
+    out = rng.integers(0, n - 1, size=size)
+    return out + (out >= not_this)
+
+
 def _seed_all(seed: int) -> None:
     import random
 
@@ -168,7 +180,8 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
     n_views, n_images, n_regions, region_dim = train.regions.shape
     cfg = FusionConfig(base_spec=base_spec, region_dim=region_dim, num_regions=n_regions,
                        text_dim=train.tokens.shape[1], width=options.width, layers=options.layers,
-                       heads=options.heads, self_attention=options.self_attention, dropout=options.dropout)
+                       heads=options.heads, self_attention=options.self_attention, dropout=options.dropout,
+                       region_mlp=options.region_mlp)
     model = FusionModel(cfg)
     cap_img = train.caption_image.numpy()
     caps_of = [[] for _ in range(n_images)]
@@ -202,18 +215,39 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
             imgs = order[s:s + options.batch_size]
             b = len(imgs)
             caps = np.array([rng.choice(caps_of[i]) for i in imgs])
-            nimg = np.array([rng.choice(neg_img[c]) for c in caps])
-            ncap = np.array([rng.choice(neg_cap[i]) for i in imgs])
-            views = rng.integers(0, n_views, size=2 * b)
-            all_imgs = np.concatenate([imgs, nimg])
+            m = options.negatives if options.listwise else 1
+            h = min(m, options.hard_negatives) if options.listwise else 1
+            nimg = np.stack([np.concatenate([rng.choice(neg_img[c], size=h, replace=len(neg_img[c]) < h),
+                                             _random_other(rng, n_images, cap_img[c], m - h)]) for c in caps])
+            ncap = np.stack([np.concatenate([rng.choice(neg_cap[i], size=h, replace=len(neg_cap[i]) < h),
+                                             [rng.choice(caps_of[o]) for o in _random_other(rng, n_images, i, m - h)]])
+                             for i in imgs]).astype(np.int64)
+            nimg = nimg.astype(np.int64)
+            all_imgs = np.concatenate([imgs, nimg.reshape(-1)])
+            views = rng.integers(0, n_views, size=len(all_imgs))
             regions = train.regions[torch.as_tensor(views), torch.as_tensor(all_imgs)]
-            text, mask = train.caption_batch(torch.as_tensor(np.concatenate([caps, ncap])))
+            text, mask = train.caption_batch(torch.as_tensor(np.concatenate([caps, ncap.reshape(-1)])))
             ar = torch.arange(b)
-            text_index = torch.cat([ar, ar, ar + b])
-            image_index = torch.cat([ar, ar + b, ar])
-            labels = torch.cat([torch.ones(b), torch.zeros(2 * b)])
+            neg = b + torch.arange(b * m).view(b, m)  # rows of the negatives in the image/text lists
+            # t2i list per caption: [own image, m negative images]; i2t list per image: [own caption, m negatives]
+            t2i_text = ar[:, None].expand(b, m + 1)
+            t2i_img = torch.cat([ar[:, None], neg], 1)
+            i2t_text = torch.cat([ar[:, None], neg], 1)
+            i2t_img = ar[:, None].expand(b, m + 1)
+            text_index = torch.cat([t2i_text.reshape(-1), i2t_text[:, 1:].reshape(-1)])
+            image_index = torch.cat([t2i_img.reshape(-1), i2t_img[:, 1:].reshape(-1)])
             logits = model(text, mask, regions, image_index=image_index, text_index=text_index)
-            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            lt = logits[: b * (m + 1)].view(b, m + 1)
+            li = torch.cat([lt[:, :1], logits[b * (m + 1):].view(b, m)], 1)
+            labels = torch.zeros(b, m + 1)
+            labels[:, 0] = 1
+            bce = 0.5 * (F.binary_cross_entropy_with_logits(lt, labels) + F.binary_cross_entropy_with_logits(li, labels))
+            if options.listwise:
+                target = torch.zeros(b, dtype=torch.long)
+                loss = 0.5 * (F.cross_entropy(lt, target) + F.cross_entropy(li, target)) + options.bce_weight * bce
+            else:
+                loss = bce
+            logits, labels = torch.cat([lt, li[:, 1:]], 1).reshape(-1), torch.cat([labels, labels[:, 1:]], 1).reshape(-1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

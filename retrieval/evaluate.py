@@ -186,11 +186,15 @@ def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True, rer
             bar.update(1)
         return out
 
-    r = reranked_recall(sims, dataset.caption_image, pair_scores, k=rerank_k, fixed_alpha=reranker.alpha)
+    from .rerank.base import caption_alpha_of
+
+    r = reranked_recall(sims, dataset.caption_image, pair_scores, k=rerank_k, fixed_alpha=reranker.alpha,
+                        fixed_caption_alpha=caption_alpha_of(reranker))
     bar.close()
     return EvalResult(r["with"]["text_to_image"], r["with"]["image_to_text"], len(dataset.images),
                       len(dataset.captions), {"without_rerank": r["without"],
-                                              "rerank": {"model": reranker.spec, "k": rerank_k, "alpha": reranker.alpha}})
+                                              "rerank": {"model": reranker.spec, "k": rerank_k, "alpha": reranker.alpha,
+                                                         "caption_alpha": caption_alpha_of(reranker)}})
 
 
 def embed_image_files_with_regions(encoder: Encoder, reranker, paths: Sequence[str], batch_size: int = 32,

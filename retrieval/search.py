@@ -13,6 +13,7 @@ from .encoders import Encoder, create_encoder
 from .errors import EmptyIndexError, ImgSearchError
 from .images import load_image
 from .rerank import DEFAULT_RERANK_K, Reranker, fuse
+from .rerank.base import caption_alpha_of
 from .store import Store
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, BinaryIO, Image.Image]
@@ -148,7 +149,7 @@ class Searcher:
         rr = self.reranker
         regions = rr.encode_regions([self.load_query_image(image)])
         itm = rr.itm_scores([h.caption or "" for h in hits], regions)
-        return self._reorder(hits, np.arange(len(hits)), itm, rr.alpha)
+        return self._reorder(hits, np.arange(len(hits)), itm, caption_alpha_of(rr))
 
     @staticmethod
     def _reorder(hits: list[Hit], keep: np.ndarray, itm: np.ndarray, alpha: float) -> list[Hit]:

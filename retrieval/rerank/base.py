@@ -18,7 +18,8 @@ class Reranker(Protocol):
     them instead of decoding the photo again.
 
     The final rerank score is ``itm + alpha * similarity`` (``similarity``: the dual encoder's
-    cosine), ``alpha`` chosen on a dev split.
+    cosine), ``alpha`` chosen on a dev split; a reranker may give image->text (caption ranking)
+    its own weight as ``caption_alpha`` (see ``caption_alpha_of``).
     """
 
     spec: str
@@ -37,6 +38,11 @@ class Reranker(Protocol):
         entry (1 text, or regions (1, R, C)) that is paired with every entry of the other.
         """
         ...
+
+
+def caption_alpha_of(reranker: Reranker) -> float:
+    """The alpha for ranking captions: ``caption_alpha`` where the reranker has one, else ``alpha``."""
+    return float(getattr(reranker, "caption_alpha", reranker.alpha))
 
 
 def fuse(itm: np.ndarray, similarity: np.ndarray, alpha: float) -> np.ndarray:

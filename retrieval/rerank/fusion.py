@@ -42,7 +42,8 @@ class FusionConfig:
     self_attention: bool = True  # text self-attention in each layer (besides cross-attention)
     dropout: float = 0.1
     region_mlp: bool = False  # a GELU MLP (not just a linear map) from region channels to the fusion width
-    alpha: float = 1.0  # final score = itm logit + alpha * dual-encoder cosine (chosen on dev)
+    alpha: float = 1.0  # final score = itm logit + alpha * dual-encoder cosine (text->image; chosen on dev)
+    caption_alpha: float = 1.0  # the same for image->text (ranking captions)
     format_version: int = FORMAT_VERSION
     train: dict = field(default_factory=dict)  # provenance only
 
@@ -261,6 +262,7 @@ class FusionReranker:
         self.model.to(self.device)
         self.spec = spec or f"fusion:{self.folder}"
         self.alpha = float(self.config.alpha)
+        self.caption_alpha = float(self.config.caption_alpha)
         self.region_key = towers.region_key
         self.fingerprint = "fusion:" + state_digest([self.model], towers.fingerprint + self.config.semantic_json())
 

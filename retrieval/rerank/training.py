@@ -79,13 +79,15 @@ def top_candidates(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def reranked_recall(sims: np.ndarray, caption_image: np.ndarray,
                     pair_scores: Callable[[np.ndarray, np.ndarray], np.ndarray], k: int = 20,
                     alphas: Sequence[float] = ALPHAS, fixed_alpha: float | None = None,
-                    caption_rows: np.ndarray | None = None, image_cols: np.ndarray | None = None) -> dict:
+                    caption_rows: np.ndarray | None = None, image_cols: np.ndarray | None = None,
+                    fixed_caption_alpha: float | None = None) -> dict:
     """Recall both ways before and after reranking each query's top-k with ``itm + alpha * sim``.
 
     ``pair_scores(caption_idx, image_idx)`` gives ITM logits for pairs. Queries may be limited to
-    ``caption_rows`` (text->image) and ``image_cols`` (image->text). Returns the recall without
-    reranking, with it at the best alpha (by R@1 summed over both directions, or ``fixed_alpha``),
-    and that alpha.
+    ``caption_rows`` (text->image) and ``image_cols`` (image->text). Each direction gets its own
+    alpha: the best of ``alphas`` by that direction's R@1 (then R@5), unless fixed (``fixed_alpha``
+    for text->image, ``fixed_caption_alpha`` for image->text, which defaults to ``fixed_alpha``).
+    Returns the recall without reranking, with it, ``alpha`` and ``caption_alpha``.
     """
     sims = np.asarray(sims, np.float32)
     caption_image = np.asarray(caption_image)
@@ -95,43 +97,45 @@ def reranked_recall(sims: np.ndarray, caption_image: np.ndarray,
     t2i, i2t = t2i[rows], i2t[cols]
     cap_a = np.concatenate([np.repeat(rows, t2i.shape[1]), i2t.reshape(-1)])
     img_a = np.concatenate([t2i.reshape(-1), np.repeat(cols, i2t.shape[1])])
-    scores = np.asarray(pair_scores(cap_a, img_a), np.float32)
+    scores = np.asarray(pair_scores(cap_a, img_a), np.float64)
     s_t2i = scores[: t2i.size].reshape(t2i.shape)
     s_i2t = scores[t2i.size:].reshape(i2t.shape)
-    sim_t2i = np.take_along_axis(sims[rows], t2i, 1)
-    sim_i2t = np.take_along_axis(sims[:, cols].T, i2t, 1)
-
+    # float64: at an offset of 1e4, float32 would tie candidates closer than ~1e-3
+    sub_t = sims[rows].astype(np.float64)  # (queries, images)
+    sub_i = sims[:, cols].T.astype(np.float64)  # (images, captions)
+    sim_t2i = np.take_along_axis(sub_t, t2i, 1)
+    sim_i2t = np.take_along_axis(sub_i, i2t, 1)
     own_caps = caption_image[None, :] == cols[:, None]  # (images, captions)
+    ks = (1, 5, 10)
 
-    def recall_at(alpha: float | None) -> dict:
-        # text->image: rank within the query's rows; reranked candidates go above the rest
-        # float64: at an offset of 1e4, float32 would tie candidates closer than ~1e-3
-        sub = sims[rows].astype(np.float64)
-        subi = sims[:, cols].T.astype(np.float64)  # (images, captions)
-        if alpha is not None:
-            top = 1e4 + s_t2i.astype(np.float64) + alpha * sim_t2i.astype(np.float64)
-            np.put_along_axis(sub, t2i, top, 1)
-            np.put_along_axis(subi, i2t, 1e4 + s_i2t.astype(np.float64) + alpha * sim_i2t.astype(np.float64), 1)
+    def t2i_recall(alpha: float | None) -> dict:
+        sub = sub_t.copy()
+        if alpha is not None:  # reranked candidates go above the rest, in fused order
+            np.put_along_axis(sub, t2i, 1e4 + s_t2i + alpha * sim_t2i, 1)
         own = sub[np.arange(len(rows)), caption_image[rows]]
-        t2i_rank = (sub > own[:, None]).sum(1)
-        # image->text: rank of the best-scoring own caption (captions scoring strictly higher)
-        best_own = np.where(own_caps, subi, -np.inf).max(axis=1)
-        i2t_rank = (subi > best_own[:, None]).sum(1)
-        return {"text_to_image": {f"R@{q}": round(100.0 * float(np.mean(t2i_rank < q)), 2) for q in (1, 5, 10)},
-                "image_to_text": {f"R@{q}": round(100.0 * float(np.mean(i2t_rank < q)), 2) for q in (1, 5, 10)}}
+        rank = (sub > own[:, None]).sum(1)
+        return {f"R@{q}": round(100.0 * float(np.mean(rank < q)), 2) for q in ks}
 
-    base = recall_at(None)
-    candidates = [fixed_alpha] if fixed_alpha is not None else list(alphas)
-    best, best_alpha, by_alpha = None, None, {}
-    for a in candidates:
-        r = recall_at(a)
-        by_alpha[a] = r
-        score = r["text_to_image"]["R@1"] + r["image_to_text"]["R@1"]
-        if best is None or score > best[0]:
-            best, best_alpha = (score, r), a
-    return {"without": base, "with": best[1], "alpha": best_alpha,
-            "by_alpha": {str(a): {"t2i_R@1": r["text_to_image"]["R@1"], "i2t_R@1": r["image_to_text"]["R@1"]}
-                         for a, r in by_alpha.items()}}
+    def i2t_recall(alpha: float | None) -> dict:
+        sub = sub_i.copy()
+        if alpha is not None:
+            np.put_along_axis(sub, i2t, 1e4 + s_i2t + alpha * sim_i2t, 1)
+        best_own = np.where(own_caps, sub, -np.inf).max(axis=1)  # the best-scoring own caption
+        rank = (sub > best_own[:, None]).sum(1)
+        return {f"R@{q}": round(100.0 * float(np.mean(rank < q)), 2) for q in ks}
+
+    def pick(fn, fixed):
+        tried = {a: fn(a) for a in ([fixed] if fixed is not None else list(alphas))}
+        best = max(tried, key=lambda a: (tried[a]["R@1"], tried[a]["R@5"]))
+        return best, tried
+
+    a_t, by_t = pick(t2i_recall, fixed_alpha)
+    a_i, by_i = pick(i2t_recall, fixed_caption_alpha if fixed_caption_alpha is not None else fixed_alpha)
+    return {"without": {"text_to_image": t2i_recall(None), "image_to_text": i2t_recall(None)},
+            "with": {"text_to_image": by_t[a_t], "image_to_text": by_i[a_i]},
+            "alpha": a_t, "caption_alpha": a_i,
+            "by_alpha": {"text_to_image": {str(a): r["R@1"] for a, r in by_t.items()},
+                         "image_to_text": {str(a): r["R@1"] for a, r in by_i.items()}}}
 
 
 def feature_pair_scorer(model: FusionModel, feats: RerankFeatures, batch: int = 256
@@ -260,7 +264,7 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
         if dev is not None:
             r = reranked_recall(dev_sims, dev.caption_image.numpy(), feature_pair_scorer(model, dev),
                                 options.rerank_k, caption_rows=dev_rows, image_cols=dev_cols)
-            row.update({"alpha": r["alpha"], "dev_t2i_R@1": r["with"]["text_to_image"]["R@1"],
+            row.update({"alpha": r["alpha"], "caption_alpha": r["caption_alpha"], "dev_t2i_R@1": r["with"]["text_to_image"]["R@1"],
                         "dev_i2t_R@1": r["with"]["image_to_text"]["R@1"],
                         "base_t2i_R@1": r["without"]["text_to_image"]["R@1"],
                         "base_i2t_R@1": r["without"]["image_to_text"]["R@1"]})
@@ -285,8 +289,9 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
         dev_metrics = reranked_recall(dev_sims, dev.caption_image.numpy(), feature_pair_scorer(model, dev),
                                       options.rerank_k)
         cfg.alpha = float(dev_metrics["alpha"])
+        cfg.caption_alpha = float(dev_metrics["caption_alpha"])
     cfg.train = {"options": asdict(options), "best_epoch": best_epoch, "train_images": n_images,
-                 "train_views": n_views, "dev": {k: dev_metrics[k] for k in ("without", "with", "alpha")} if dev_metrics else {}}
+                 "train_views": n_views, "dev": {k: dev_metrics[k] for k in ("without", "with", "alpha", "caption_alpha")} if dev_metrics else {}}
     return RerankTrainResult(cfg, best_state, dev_metrics, best_epoch, history, time.monotonic() - t0)
 
 
@@ -333,7 +338,8 @@ def model_card(result: RerankTrainResult, dataset_root: str, command: str, featu
         f"- fusion: {cfg.layers} pre-norm layers of text→region cross-attention"
         + (" + text self-attention" if cfg.self_attention else "") + f" + GELU feed-forward (width {cfg.width},"
         f" {cfg.heads} heads); ITM head: MLP on [first token, mean of tokens] → one logit",
-        f"- final score = ITM logit + α · dual-encoder cosine, α = {cfg.alpha} (chosen on dev)\n",
+        f"- final score = ITM logit + α · dual-encoder cosine, α = {cfg.alpha} for text→image and"
+        f" {cfg.caption_alpha} for image→text (each chosen on dev)\n",
         "## Training\n",
         f"- ITM loss (binary cross-entropy): each image with one of its captions (positive), the caption with a hard"
         f" negative image from its top-{o.get('hard_k')} under the dual encoder, the image with a hard negative"

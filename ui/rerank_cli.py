@@ -25,8 +25,10 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     from retrieval.rerank.training import RerankTrainOptions, dual_similarity, model_card, train_reranker
     from ui.cli import UsageError, emit_json, out
 
-    if args.epochs < 1 or args.views < 0 or args.hard_k < 1:
-        raise UsageError("--epochs and --hard-k must be >= 1 and --views >= 0")
+    if args.epochs < 1 or args.views < 0 or args.hard_k < 1 or args.negatives < 1:
+        raise UsageError("--epochs, --hard-k and --negatives must be >= 1 and --views >= 0")
+    if not 0 <= args.hard_negatives <= args.negatives:
+        raise UsageError("--hard-negatives must be between 0 and --negatives")
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set = load_dataset(args.dataset, split=args.train_split)
@@ -47,8 +49,10 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
         dev_sims = dual_similarity(encoder, dev_set, cache, show_progress=progress)
     feature_seconds = time.monotonic() - t0
     options = RerankTrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hard_k=args.hard_k,
+                                 negatives=args.negatives, hard_negatives=args.hard_negatives,
                                  patience=args.patience, seed=args.seed, width=args.width, layers=args.layers,
-                                 heads=args.heads, rerank_k=args.rerank_k)
+                                 heads=args.heads, rerank_k=args.rerank_k, region_mlp=not args.linear_regions,
+                                 self_attention=args.self_attention, itc_weight=args.itc_weight)
     from retrieval.training import base_spec_for
 
     result = train_reranker(train_feats, train_sims, dev_feats, dev_sims, options,
@@ -80,25 +84,36 @@ def _base_of(encoder) -> str:
 
 def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> None:
     """Add the ``train-reranker`` command to the imgsearch parser."""
+    from retrieval.rerank.options import RerankTrainOptions
+
     p = sub.add_parser("train-reranker", help="train the cross-attention fusion reranker (ITM with hard negatives)")
     p.add_argument("dataset", help="dataset folder: images/ + captions.jsonl with a split field")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for reranker.safetensors, reranker.json, MODEL_CARD.md")
     common(p, "the search encoder whose candidates are reranked and whose towers give regions (default: default)")
-    p.add_argument("--epochs", type=int, default=12, help="an epoch pairs every image with one of its captions")
-    p.add_argument("--views", type=int, default=0, metavar="K", help="augmented views per training image (+1 clean)")
+    defaults = RerankTrainOptions()
+    p.add_argument("--epochs", type=int, default=defaults.epochs,
+                   help="an epoch pairs every image with one of its captions")
+    p.add_argument("--views", type=int, default=1, metavar="K", help="augmented views per training image (+1 clean)")
     p.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder (default: <tmp>/imgsearch-features)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--train-split", default="train")
     p.add_argument("--dev-split", default="dev", help="split for model selection and alpha ('none': last epoch)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--hard-k", type=int, default=20, help="hard negatives come from the dual encoder's top K")
-    p.add_argument("--rerank-k", type=int, default=20, help="candidates reranked when measuring dev recall")
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--negatives", type=int, default=defaults.negatives, help="negatives per list (each direction)")
+    p.add_argument("--hard-negatives", type=int, default=defaults.hard_negatives,
+                   help="of those, how many come from the dual encoder's top K (the rest are random)")
+    p.add_argument("--hard-k", type=int, default=defaults.hard_k, help="hard negatives come from the dual encoder's top K")
+    p.add_argument("--rerank-k", type=int, default=defaults.rerank_k, help="candidates reranked when measuring dev recall")
+    p.add_argument("--patience", type=int, default=defaults.patience)
+    p.add_argument("--width", type=int, default=defaults.width)
+    p.add_argument("--layers", type=int, default=defaults.layers)
+    p.add_argument("--heads", type=int, default=defaults.heads)
+    p.add_argument("--self-attention", action="store_true", help="add text self-attention to every fusion layer")
+    p.add_argument("--linear-regions", action="store_true", help="a linear map (not an MLP) from regions to the fusion width")
+    p.add_argument("--itc-weight", type=float, default=defaults.itc_weight,
+                   help="weight of an in-batch contrastive loss on the fusion's inputs (align before fuse)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_reranker)

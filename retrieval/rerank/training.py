@@ -23,34 +23,9 @@ from tqdm import tqdm
 from ..evaluate import Dataset, recall_from_similarity
 from .features import RerankFeatures
 from .fusion import FusionConfig, FusionModel
+from .options import RerankTrainOptions
 
 ALPHAS = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0, 40.0, 60.0)
-
-
-@dataclass
-class RerankTrainOptions:
-    """Hyper-parameters of one reranker training run (recorded in reranker.json)."""
-
-    epochs: int = 12  # an epoch pairs every image with one of its captions (sampled afresh)
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.5
-    hard_k: int = 20  # hard negatives come from the dual encoder's top-k
-    negatives: int = 5  # negatives per list (listwise loss) or 1 per direction (pointwise)
-    hard_negatives: int = 2  # of those, how many come from the dual encoder's top-k; the rest are random
-    listwise: bool = True  # softmax over [positive + negatives] per query, both directions (+ BCE on all pairs)
-    bce_weight: float = 0.5  # the pointwise BCE term added to the listwise loss (keeps logits calibrated)
-    patience: int = 3
-    seed: int = 0
-    width: int = 256
-    layers: int = 2
-    heads: int = 4
-    self_attention: bool = False
-    dropout: float = 0.1
-    region_mlp: bool = False
-    rerank_k: int = 20  # candidates reranked when measuring dev recall
-    dev_queries: int = 200  # images (and their captions) that measure dev recall each epoch; all at the end
 
 
 @dataclass
@@ -240,7 +215,15 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
             i2t_img = ar[:, None].expand(b, m + 1)
             text_index = torch.cat([t2i_text.reshape(-1), i2t_text[:, 1:].reshape(-1)])
             image_index = torch.cat([t2i_img.reshape(-1), i2t_img[:, 1:].reshape(-1)])
-            logits = model(text, mask, regions, image_index=image_index, text_index=text_index)
+            x, r = model.embed_text(text), model.embed_regions(regions)
+            logits = model(x, mask, r, image_index=image_index, text_index=text_index, embedded=True)
+            itc = torch.zeros(())
+            if options.itc_weight > 0:  # align before fuse (ALBEF): the fusion's inputs, contrastively
+                m_ = mask[:b].unsqueeze(-1).float()
+                tv = F.normalize((x[:b] * m_).sum(1) / m_.sum(1).clamp(min=1.0), dim=-1)
+                iv = F.normalize(r[:b].mean(1), dim=-1)
+                sim = tv @ iv.T / options.itc_temperature
+                itc = 0.5 * (F.cross_entropy(sim, ar) + F.cross_entropy(sim.T, ar))
             lt = logits[: b * (m + 1)].view(b, m + 1)
             li = torch.cat([lt[:, :1], logits[b * (m + 1):].view(b, m)], 1)
             labels = torch.zeros(b, m + 1)
@@ -251,6 +234,7 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
                 loss = 0.5 * (F.cross_entropy(lt, target) + F.cross_entropy(li, target)) + options.bce_weight * bce
             else:
                 loss = bce
+            loss = loss + options.itc_weight * itc
             logits, labels = torch.cat([lt, li[:, 1:]], 1).reshape(-1), torch.cat([labels, labels[:, 1:]], 1).reshape(-1)
             opt.zero_grad(set_to_none=True)
             loss.backward()

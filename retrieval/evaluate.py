@@ -178,6 +178,8 @@ def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True, rer
     bar = tqdm(desc="rerank", unit="query", file=sys.stderr, disable=not show_progress)
 
     def pair_scores(caps: np.ndarray, imgs: np.ndarray) -> np.ndarray:
+        if hasattr(reranker, "itm_pairs"):  # batched over many captions at once
+            return reranker.itm_pairs(dataset.captions, regions, caps, imgs)
         out = np.empty(len(caps), np.float32)
         order = np.argsort(caps, kind="stable")
         bounds = np.flatnonzero(np.diff(caps[order])) + 1

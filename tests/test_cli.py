@@ -109,3 +109,60 @@ def test_json_stdout_is_pure_json_in_a_real_process(indexed):
     assert proc.returncode == 0, proc.stderr
     hits = json.loads(proc.stdout)
     assert len(hits) == 2 and os.path.basename(hits[0]["path"]) == "cat_chelsea.png"
+
+
+# -- reranking (the bundled fusion reranker) ------------------------------------------------
+
+def test_rerank_search_is_a_permutation_of_the_top_k_with_match_scores(indexed, capsys):
+    db, _ = indexed
+    plain = run_json(capsys, "search", "two people", "--db", str(db), "-k", "8")
+    reranked = run_json(capsys, "search", "two people", "--db", str(db), "-k", "8", "--rerank", "--rerank-k", "8")
+    assert sorted(h["image_id"] for h in reranked) == sorted(h["image_id"] for h in plain)
+    assert all(0.0 < h["match"] < 1.0 for h in reranked)
+    assert all("match" not in h for h in plain)
+    # the cosine each hit carries is unchanged by reranking
+    assert {h["image_id"]: h["score"] for h in reranked} == pytest.approx({h["image_id"]: h["score"] for h in plain})
+
+
+@pytest.mark.parametrize("query, expected", [("a cat", "cat_chelsea.png"), ("boats on a lake", "lake_with_boats.jpg")])
+def test_rerank_search_still_finds_the_right_photo(indexed, capsys, query, expected):
+    db, _ = indexed
+    hits = run_json(capsys, "search", query, "--db", str(db), "-k", "3", "--rerank")
+    assert expected in [os.path.basename(h["path"]) for h in hits], hits
+
+
+def test_rerank_captions_and_usage_errors(indexed, capsys):
+    db, _ = indexed
+    photo = REPO / "sample_data" / "cat_chelsea.png"
+    hits = run_json(capsys, "captions", "--image", str(photo), "--db", str(db), "-k", "5", "--rerank")
+    plain = run_json(capsys, "captions", "--image", str(photo), "--db", str(db), "-k", "20")
+    assert {h["caption_id"] for h in hits} <= {h["caption_id"] for h in plain}
+    assert all(0.0 < h["match"] < 1.0 for h in hits)
+    own = [json.loads(l) for l in (REPO / "sample_data" / "captions.jsonl").read_text().splitlines()]
+    cat_captions = next(o["captions"] for o in own if o["image"] == "cat_chelsea.png")
+    assert any(h["caption"] in cat_captions for h in hits[:3]), hits
+    capsys.readouterr()
+    assert main(["search", "--image", str(photo), "--rerank", "--db", str(db)]) == 2
+    assert "--rerank applies to text queries" in capsys.readouterr().err
+    assert main(["search", "a cat", "--rerank", "--rerank-model", "fusion:/no/such/folder", "--db", str(db)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no such folder" in err
+
+
+def test_regions_are_stored_at_index_time_and_reported(indexed, capsys):
+    db, _ = indexed
+    info = run_json(capsys, "info", "--db", str(db))
+    assert info["regions"]["count"] == info["images"]
+    assert info["regions"]["shape"] == [49, 320]
+    assert info["regions"]["bytes_per_image"] == 49 * 320 + 49 * 4
+
+
+def test_eval_rerank_reports_both_rows_in_the_same_shape(capsys):
+    res = run_json(capsys, "eval", str(REPO / "sample_data"), "--rerank", "--rerank-k", "5", "--no-progress")
+    plain = run_json(capsys, "eval", str(REPO / "sample_data"), "--no-progress")
+    for key in ("text_to_image", "image_to_text"):
+        assert set(res[key]) == {"R@1", "R@5", "R@10"}
+        # same candidates: the un-reranked row equals plain eval, and R@5 (= the reranked window) cannot change
+        assert res["without_rerank"][key] == plain[key]
+        assert res[key]["R@5"] == plain[key]["R@5"]
+    assert res["rerank"]["k"] == 5 and res["rerank"]["model"] == "default"

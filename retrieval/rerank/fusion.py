@@ -304,5 +304,29 @@ class FusionReranker:
             out.append(self.model(x, mask.bool(), rr, image_index=ii, text_index=ti, embedded=True).float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
+    @torch.inference_mode()
+    def itm_pairs(self, texts: Sequence[str], regions: np.ndarray, text_index: np.ndarray, image_index: np.ndarray,
+                  batch_size: int = 512) -> np.ndarray:
+        """Matching logits for many pairs (``texts[text_index[p]]``, ``regions[image_index[p]]``) at once.
+
+        Texts are encoded in batches (not one query at a time), so scoring a whole dataset is fast.
+        """
+        from .features import text_token_states
+
+        text_index, image_index = np.asarray(text_index), np.asarray(image_index)
+        out = np.empty(len(text_index), np.float32)
+        order = np.argsort(text_index, kind="stable")
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            ut, ti = np.unique(text_index[idx], return_inverse=True)
+            ui, ii = np.unique(image_index[idx], return_inverse=True)
+            (states,), mask = text_token_states(self.towers.text_tower, [" ".join(str(texts[t]).split()) for t in ut],
+                                                self.device)
+            r = torch.from_numpy(np.asarray(regions[ui], np.float32)).to(self.device)
+            logits = self.model(states, mask.bool(), r, image_index=torch.as_tensor(ii).to(self.device),
+                                text_index=torch.as_tensor(ti).to(self.device))
+            out[idx] = logits.float().cpu().numpy()
+        return out
+
     def __repr__(self) -> str:
         return f"<FusionReranker {self.spec} alpha={self.alpha} fp={self.fingerprint}>"

@@ -317,7 +317,8 @@ def model_card(result: RerankTrainResult, dataset_root: str, command: str, featu
         " captions are included.\n",
         "## Model\n",
         f"- regions: the image tower's spatial map as {cfg.num_regions} tokens of {cfg.region_dim} channels"
-        " (+ their mean as a global token), LayerNorm + linear to the fusion width, learned position embeddings",
+        " (+ their mean as a global token), LayerNorm + " + ("a GELU MLP" if cfg.region_mlp else "linear")
+        + " to the fusion width, learned position embeddings",
         f"- text: the text tower's last-layer token states ({cfg.text_dim}-d), LayerNorm + linear",
         f"- fusion: {cfg.layers} pre-norm layers of text→region cross-attention"
         + (" + text self-attention" if cfg.self_attention else "") + f" + GELU feed-forward (width {cfg.width},"
@@ -325,13 +326,22 @@ def model_card(result: RerankTrainResult, dataset_root: str, command: str, featu
         f"- final score = ITM logit + α · dual-encoder cosine, α = {cfg.alpha} for text→image and"
         f" {cfg.caption_alpha} for image→text (each chosen on dev)\n",
         "## Training\n",
-        f"- ITM loss (binary cross-entropy): each image with one of its captions (positive), the caption with a hard"
-        f" negative image from its top-{o.get('hard_k')} under the dual encoder, the image with a hard negative"
-        f" caption from its top-{o.get('hard_k')} (ALBEF-style, both directions)",
-        f"- AdamW lr {o.get('lr')}, weight decay {o.get('weight_decay')}, batch {o.get('batch_size')} images"
-        f" (3 pairs each), warmup + cosine, up to {o.get('epochs')} epochs, early stopping on dev R@1 after"
-        f" reranking (best epoch {result.best_epoch}), seed {o.get('seed')}; region views per image:"
-        f" {cfg.train.get('train_views')}\n",
+        (f"- ITM loss, listwise and both directions: each image with one of its captions (the positive) against"
+         f" {o.get('negatives')} negative images for that caption and {o.get('negatives')} negative captions for"
+         f" that image; {o.get('hard_negatives')} of each are hard negatives from the dual encoder's top"
+         f" {o.get('hard_k')} (ALBEF-style mining), the rest random. Loss: softmax cross-entropy over each list"
+         f" + {o.get('bce_weight')} × binary cross-entropy on every pair (keeps the logit a calibrated match score)"
+         + (f" + {o.get('itc_weight')} × in-batch contrastive loss on the pooled fusion inputs (align before fuse)"
+            if o.get("itc_weight") else "")
+         if o.get("listwise", True) else
+         f"- ITM loss (binary cross-entropy): each image with one of its captions (positive), the caption with a"
+         f" hard negative image from its top-{o.get('hard_k')} under the dual encoder, the image with a hard"
+         f" negative caption from its top-{o.get('hard_k')} (ALBEF-style, both directions)"),
+        f"- AdamW lr {o.get('lr')}, weight decay {o.get('weight_decay')}, batch {o.get('batch_size')} images,"
+        f" warmup {o.get('warmup_epochs')} epoch + cosine, up to {o.get('epochs')} epochs (an epoch pairs every"
+        f" training image with one of its captions), early stopping on dev R@1 after reranking (first"
+        f" {o.get('dev_queries')} dev images; best epoch {result.best_epoch}), seed {o.get('seed')};"
+        f" region views per image: {cfg.train.get('train_views')} (clean + augmented)\n",
     ]
     if result.dev:
         parts += ["## Dev recall (same candidates: the dual encoder's top "

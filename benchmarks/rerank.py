@@ -53,7 +53,7 @@ def rerank_latency(encoder, reranker_spec: str, folder: Path, data_dir: Path, re
         info = store.region_info()
     finally:
         store.close()
-    res = {"rerank_k": rerank_k, "rerank_model": reranker.spec, "rerank_photos": int(len(found)),
+    res = {"rerank_k": rerank_k, "rerank_model": reranker.spec, "rerank_candidates": int(len(found)),
            "rerank_regions_found": int(np.sum(found)),
            "search_p50_ms": float(np.percentile(plain, 50)),
            "search_rerank_p50_ms": float(np.percentile(reranked, 50)),

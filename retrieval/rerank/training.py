@@ -349,7 +349,7 @@ def model_card(result: RerankTrainResult, dataset_root: str, command: str, featu
                   "| | direction | R@1 | R@5 | R@10 |", "|---|---|---|---|---|",
                   *rows(result.dev["without"], "dual encoder"), *rows(result.dev["with"], "+ rerank"), ""]
     parts += ["## Training time\n",
-              f"- features (frozen towers, cached): {feature_seconds / 60:.1f} min",
+              *([f"- features (frozen towers, cached): {feature_seconds / 60:.1f} min"] if feature_seconds > 0 else []),
               f"- reranker training: {result.seconds / 60:.1f} min\n",
               "## Reproduce\n", "```", command, "```\n"]
     return "\n".join(parts) + extra_sections

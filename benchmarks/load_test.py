@@ -99,7 +99,7 @@ def _client_loop(base: str, auth: tuple[str, str] | None, images: list[Path], im
                         up = client.post("gradio_api/upload", files={"files": (img.name, f, "application/octet-stream")})
                     up.raise_for_status()
                     fd = {"path": up.json()[0], "orig_name": img.name, "meta": {"_type": "gradio.FileData"}}
-                    _call(client, "find_by_photo", [fd, 8], timeout)
+                    _call(client, "find_by_photo", [fd, 8, False], timeout)
                 results.add(Sample(kind, time.perf_counter() - t0))
             except Exception as e:  # noqa: BLE001 - every failure is a counted error, the run goes on
                 results.add(Sample(kind, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:300]))

@@ -52,7 +52,8 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
                                  negatives=args.negatives, hard_negatives=args.hard_negatives,
                                  patience=args.patience, seed=args.seed, width=args.width, layers=args.layers,
                                  heads=args.heads, rerank_k=args.rerank_k, region_mlp=not args.linear_regions,
-                                 self_attention=args.self_attention, itc_weight=args.itc_weight)
+                                 self_attention=args.self_attention, itc_weight=args.itc_weight,
+                                 init_from=args.init_from, warmup_epochs=args.warmup_epochs)
     from retrieval.training import base_spec_for
 
     result = train_reranker(train_feats, train_sims, dev_feats, dev_sims, options,
@@ -114,6 +115,9 @@ def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> No
     p.add_argument("--linear-regions", action="store_true", help="a linear map (not an MLP) from regions to the fusion width")
     p.add_argument("--itc-weight", type=float, default=defaults.itc_weight,
                    help="weight of an in-batch contrastive loss on the fusion's inputs (align before fuse)")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="fine-tune this reranker folder instead of starting from random weights")
+    p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_reranker)

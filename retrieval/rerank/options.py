@@ -30,4 +30,5 @@ class RerankTrainOptions:
     dropout: float = 0.1
     region_mlp: bool = True
     rerank_k: int = 20  # candidates reranked when measuring dev recall
+    init_from: str | None = None  # start from this reranker folder (fine-tuning) instead of random weights
     dev_queries: int = 200  # images (and their captions) that measure dev recall each epoch; all at the end

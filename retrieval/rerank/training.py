@@ -162,6 +162,17 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
                        heads=options.heads, self_attention=options.self_attention, dropout=options.dropout,
                        region_mlp=options.region_mlp)
     model = FusionModel(cfg)
+    if options.init_from:  # fine-tune an existing reranker (its shape wins over the options)
+        from .fusion import load_fusion
+
+        init_cfg, init_model = load_fusion(options.init_from)
+        if (init_cfg.region_dim, init_cfg.num_regions, init_cfg.text_dim) != (region_dim, n_regions, cfg.text_dim):
+            from ..errors import WeightsError
+
+            raise WeightsError(f"reranker in {options.init_from} reads other features than this encoder gives")
+        cfg = FusionConfig(**{**init_cfg.__dict__, "base_spec": base_spec, "train": {}})
+        model = FusionModel(cfg)
+        model.load_state_dict(init_model.state_dict())
     cap_img = train.caption_image.numpy()
     caps_of = [[] for _ in range(n_images)]
     for j, i in enumerate(cap_img.tolist()):

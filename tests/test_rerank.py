@@ -543,3 +543,10 @@ def test_itm_scores_broadcast_forms_equal_explicit_pairs(default_encoder, tmp_pa
         rr.itm_scores(texts[:2], regions[:3])
     with pytest.raises(ValueError, match=r"\(n, R, C\)"):
         rr.itm_scores(texts[:1], regions[0])
+
+    # itm_pairs (eval's batched path: every image's keys/values once) gives the same scores
+    rng = np.random.default_rng(1)
+    text_index, image_index = rng.integers(0, n, 23), rng.integers(0, n, 23)
+    batched_scores = rr.itm_pairs(texts, regions, text_index, image_index, batch_size=5)
+    one_by_one = np.array([rr.itm_scores([texts[t]], regions[i:i + 1])[0] for t, i in zip(text_index, image_index)])
+    np.testing.assert_allclose(batched_scores, one_by_one, atol=1e-5)

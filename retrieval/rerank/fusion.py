@@ -114,12 +114,16 @@ class FusionLayer(torch.nn.Module):
                                        torch.nn.Dropout(cfg.dropout), torch.nn.Linear(w * cfg.ffn_mult, w))
         self.drop = torch.nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, pad: torch.Tensor, regions: torch.Tensor, image_index: torch.Tensor
-                ) -> torch.Tensor:
+    def region_memory(self, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of embedded region tokens (computed once per image)."""
+        return self.attn_cross.keys_values(self.norm_regions(regions))
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor, regions: torch.Tensor | None, image_index: torch.Tensor,
+                memory: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.self_attention:
             h = self.norm_self(x)
             x = x + self.drop(self.attn_self(h, h, h, key_padding_mask=pad, need_weights=False)[0])
-        k, v = self.attn_cross.keys_values(self.norm_regions(regions))
+        k, v = memory if memory is not None else self.region_memory(regions)
         x = x + self.drop(self.attn_cross(self.norm_cross(x), k[image_index], v[image_index]))
         return x + self.drop(self.ffn(self.norm_ffn(x)))
 
@@ -154,16 +158,26 @@ class FusionModel(torch.nn.Module):
         """(t, L, text_dim) token states -> (t, L, width)."""
         return self.text_proj(self.text_norm(text.float()))
 
-    def forward(self, text: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor,
+    def region_memory(self, regions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer cross-attention keys/values of raw regions (u, R, C): reusable across many texts."""
+        r = self.embed_regions(regions)
+        return [layer.region_memory(r) for layer in self.layers]
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor | None,
                 image_index: torch.Tensor | None = None, text_index: torch.Tensor | None = None,
-                embedded: bool = False) -> torch.Tensor:
+                embedded: bool = False, memory: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> torch.Tensor:
         """Match logits (n,) for n pairs.
 
         ``text`` (t, L, text_dim) with ``mask`` (t, L) and ``regions`` (u, R, C): pair p joins text
         ``text_index[p]`` and image ``image_index[p]`` (default: pair p is text p with image p).
-        With ``embedded`` both are already through ``embed_text`` / ``embed_regions``.
+        With ``embedded`` both are already through ``embed_text`` / ``embed_regions``; with ``memory``
+        (from ``region_memory``) the regions are not needed at all.
         """
-        r = regions if embedded else self.embed_regions(regions)
+        if memory is not None:
+            r = memory[0][0]  # only its length is used below
+        else:
+            r = regions if embedded else self.embed_regions(regions)
         x = text if embedded else self.embed_text(text)
         n = max(x.shape[0], r.shape[0]) if text_index is None and image_index is None else None
         if text_index is not None:
@@ -174,8 +188,9 @@ class FusionModel(torch.nn.Module):
             image_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if r.shape[0] == 1 \
                 else torch.arange(x.shape[0], device=x.device)
         pad = ~mask
-        for layer in self.layers:
-            x = layer(x, pad, r, image_index)
+        for n_layer, layer in enumerate(self.layers):
+            x = layer(x, pad, None if memory is not None else r, image_index,
+                      memory[n_layer] if memory is not None else None)
         x = self.out_norm(x)
         m = mask.unsqueeze(-1).to(x.dtype)
         mean = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -315,16 +330,19 @@ class FusionReranker:
 
         text_index, image_index = np.asarray(text_index), np.asarray(image_index)
         out = np.empty(len(text_index), np.float32)
+        used, image_index = np.unique(image_index, return_inverse=True)
+        # keys/values of every image once (not once per batch of pairs)
+        memory = [self.model.region_memory(torch.from_numpy(np.asarray(regions[used[c:c + 256]], np.float32))
+                                           .to(self.device)) for c in range(0, len(used), 256)]
+        memory = [tuple(torch.cat([m[n][j] for m in memory]) for j in (0, 1)) for n in range(len(memory[0]))]
         order = np.argsort(text_index, kind="stable")
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             ut, ti = np.unique(text_index[idx], return_inverse=True)
-            ui, ii = np.unique(image_index[idx], return_inverse=True)
             (states,), mask = text_token_states(self.towers.text_tower, [" ".join(str(texts[t]).split()) for t in ut],
                                                 self.device)
-            r = torch.from_numpy(np.asarray(regions[ui], np.float32)).to(self.device)
-            logits = self.model(states, mask.bool(), r, image_index=torch.as_tensor(ii).to(self.device),
-                                text_index=torch.as_tensor(ti).to(self.device))
+            logits = self.model(states, mask.bool(), None, image_index=torch.as_tensor(image_index[idx]).to(self.device),
+                                text_index=torch.as_tensor(ti).to(self.device), memory=memory)
             out[idx] = logits.float().cpu().numpy()
         return out
 

@@ -166,3 +166,23 @@ def test_eval_rerank_reports_both_rows_in_the_same_shape(capsys):
         assert res["without_rerank"][key] == plain[key]
         assert res[key]["R@5"] == plain[key]["R@5"]
     assert res["rerank"]["k"] == 5 and res["rerank"]["model"] == "default"
+
+
+def test_train_reranker_writes_a_loadable_reranker(indexed, capsys, tmp_path):
+    db, _ = indexed
+    data = tmp_path / "ds"
+    data.mkdir()
+    lines = [json.loads(l) for l in (REPO / "sample_data" / "captions.jsonl").read_text().splitlines() if l.strip()]
+    for n, obj in enumerate(lines):
+        (data / obj["image"]).symlink_to(REPO / "sample_data" / obj["image"])
+        obj["split"] = "train" if n < 16 else "dev"
+    (data / "captions.jsonl").write_text("\n".join(json.dumps(o) for o in lines) + "\n")
+    out = tmp_path / "rr"
+    summary = run_json(capsys, "train-reranker", str(data), "--out", str(out), "--epochs", "2", "--views", "0",
+                       "--width", "32", "--heads", "2", "--layers", "1", "--negatives", "3", "--hard-negatives", "1",
+                       "--hard-k", "3", "--rerank-k", "3", "--cache", str(tmp_path / "cache"), "--no-progress")
+    assert summary["spec"] == f"fusion:{out}" and set(summary["dev"]) == {"without", "with"}
+    assert {p.name for p in out.iterdir()} == {"reranker.safetensors", "reranker.json", "MODEL_CARD.md"}
+    assert "train-reranker" in (out / "MODEL_CARD.md").read_text()
+    hits = run_json(capsys, "search", "a cat", "--db", str(db), "-k", "5", "--rerank", "--rerank-model", summary["spec"])
+    assert len(hits) == 5 and all(0.0 < h["match"] < 1.0 for h in hits)

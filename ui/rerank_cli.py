@@ -58,7 +58,7 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
 
     result = train_reranker(train_feats, train_sims, dev_feats, dev_sims, options,
                             base_spec_for(_base_of(encoder)), show_progress=progress, log=_log)
-    command = "imgsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "imgsearch " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     save_reranker(args.out, result.config, result.state_dict,
                   model_card(result, train_set.root, command, feature_seconds, encoder.spec))
     summary = {"out": os.path.abspath(args.out), "spec": f"fusion:{os.path.abspath(args.out)}",

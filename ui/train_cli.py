@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tuned["label_smoothing"] = args.label_smoothing
     options = TrainOptions(seed=args.seed, blend=args.blend, **tuned)
     result = train_heads(train_feats, dev_feats, options, base_spec, show_progress=not args.no_progress)
-    command = "imgsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "imgsearch " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     save_heads(args.out, result.config, result.state_dict,
                model_card(result, train_set.root, command, feature_seconds))
     summary = {"out": os.path.abspath(args.out), "spec": f"heads:{os.path.abspath(args.out)}", "base": base_spec,

@@ -1,9 +1,10 @@
 """Training the fusion reranker: image-text matching with hard negatives mined from the dual encoder.
 
-ALBEF-style: every caption is paired with its own image (label 1), with a hard negative
-image taken from the caption's top-k images under the dual encoder, and its image with a
-hard negative caption from the image's top-k captions (label 0). Features (regions, caption
-token states) are cached (see ``features.compute_rerank_features``).
+ALBEF-style, both directions: each image's caption is scored against its own image and a list
+of negative images (some hard, from the caption's top-k under the dual encoder, the rest random),
+and the image against its caption and a list of negative captions; softmax cross-entropy over
+each list plus a binary cross-entropy on every pair. Features (regions, caption token states)
+are cached (see ``features.compute_rerank_features``).
 """
 
 from __future__ import annotations
@@ -157,6 +158,10 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
     t0 = time.monotonic()
     _seed_all(options.seed)
     n_views, n_images, n_regions, region_dim = train.regions.shape
+    if n_images < 2:
+        from ..errors import DatasetError
+
+        raise DatasetError("training a reranker needs at least 2 captioned images (negatives come from the others)")
     cfg = FusionConfig(base_spec=base_spec, region_dim=region_dim, num_regions=n_regions,
                        text_dim=train.tokens.shape[1], width=options.width, layers=options.layers,
                        heads=options.heads, self_attention=options.self_attention, dropout=options.dropout,

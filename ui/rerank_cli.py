@@ -53,11 +53,15 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
                                  patience=args.patience, seed=args.seed, width=args.width, layers=args.layers,
                                  heads=args.heads, rerank_k=args.rerank_k, region_mlp=not args.linear_regions,
                                  self_attention=args.self_attention, itc_weight=args.itc_weight,
-                                 init_from=args.init_from, warmup_epochs=args.warmup_epochs)
+                                 init_from=args.init_from, warmup_epochs=args.warmup_epochs,
+                                 region_head=args.region_head)
     from retrieval.training import base_spec_for
 
+    from retrieval.rerank.features import base_towers
+
     result = train_reranker(train_feats, train_sims, dev_feats, dev_sims, options,
-                            base_spec_for(_base_of(encoder)), show_progress=progress, log=_log)
+                            base_spec_for(_base_of(encoder)), show_progress=progress, log=_log,
+                            towers=base_towers(encoder))
     command = "imgsearch " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     save_reranker(args.out, result.config, result.state_dict,
                   model_card(result, train_set.root, command, feature_seconds, encoder.spec))
@@ -112,6 +116,8 @@ def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> No
     p.add_argument("--layers", type=int, default=defaults.layers)
     p.add_argument("--heads", type=int, default=defaults.heads)
     p.add_argument("--self-attention", action="store_true", help="add text self-attention to every fusion layer")
+    p.add_argument("--region-head", action="store_true",
+                   help="start the region path with a frozen copy of the image tower's 1x1 head (320 -> 1280 channels)")
     p.add_argument("--linear-regions", action="store_true", help="a linear map (not an MLP) from regions to the fusion width")
     p.add_argument("--itc-weight", type=float, default=defaults.itc_weight,
                    help="weight of an in-batch contrastive loss on the fusion's inputs (align before fuse)")

@@ -42,6 +42,7 @@ class FusionConfig:
     self_attention: bool = True  # text self-attention in each layer (besides cross-attention)
     dropout: float = 0.1
     region_mlp: bool = False  # a GELU MLP (not just a linear map) from region channels to the fusion width
+    region_head: int = 0  # >0: a frozen copy of the image tower's 1x1 head (region_dim -> region_head, BN, ReLU6) first
     alpha: float = 1.0  # final score = itm logit + alpha * dual-encoder cosine (text->image; chosen on dev)
     caption_alpha: float = 1.0  # the same for image->text (ranking captions)
     format_version: int = FORMAT_VERSION
@@ -135,10 +136,15 @@ class FusionModel(torch.nn.Module):
         super().__init__()
         self.config = cfg
         w = cfg.width
-        self.region_norm = torch.nn.LayerNorm(cfg.region_dim)
-        self.region_proj = (torch.nn.Sequential(torch.nn.Linear(cfg.region_dim, 2 * w), torch.nn.GELU(),
+        region_in = cfg.region_dim
+        if cfg.region_head:  # the tower's own (BN-folded) head convolution: ImageNet-semantic regions
+            self.region_head = torch.nn.Linear(cfg.region_dim, cfg.region_head)
+            self.region_head.requires_grad_(False)
+            region_in = cfg.region_head
+        self.region_norm = torch.nn.LayerNorm(region_in)
+        self.region_proj = (torch.nn.Sequential(torch.nn.Linear(region_in, 2 * w), torch.nn.GELU(),
                                                 torch.nn.Linear(2 * w, w))
-                            if cfg.region_mlp else torch.nn.Linear(cfg.region_dim, w))
+                            if cfg.region_mlp else torch.nn.Linear(region_in, w))
         # one extra "global" region: the mean of all regions
         self.region_pos = torch.nn.Parameter(torch.zeros(1, cfg.num_regions + 1, w))
         self.text_norm = torch.nn.LayerNorm(cfg.text_dim)
@@ -151,6 +157,8 @@ class FusionModel(torch.nn.Module):
     def embed_regions(self, regions: torch.Tensor) -> torch.Tensor:
         """(u, R, C) raw regions -> (u, R + 1, width) region tokens (the global token first)."""
         regions = regions.float()
+        if self.config.region_head:
+            regions = torch.clamp(self.region_head(regions), 0.0, 6.0)  # ReLU6, as in the tower
         tokens = torch.cat([regions.mean(dim=1, keepdim=True), regions], dim=1)
         return self.region_proj(self.region_norm(tokens)) + self.region_pos[:, : tokens.shape[1]]
 
@@ -195,6 +203,15 @@ class FusionModel(torch.nn.Module):
         m = mask.unsqueeze(-1).to(x.dtype)
         mean = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
         return self.itm(torch.cat([x[:, 0], mean], dim=-1)).squeeze(-1)
+
+
+def init_region_head(model: FusionModel, towers) -> None:
+    """Copy the bundled image tower's 1x1 head convolution with its batch norm folded in."""
+    conv, bn = towers.image_tower.model._conv_head, towers.image_tower.model._bn1
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var.detach() + bn.eps)
+    with torch.no_grad():
+        model.region_head.weight.copy_(conv.weight.detach().flatten(1) * scale[:, None])
+        model.region_head.bias.copy_(bn.bias.detach() - bn.running_mean.detach() * scale)
 
 
 # -- save / load -----------------------------------------------------------------------------

@@ -152,7 +152,8 @@ def _seed_all(seed: int) -> None:
 
 def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFeatures | None,
                    dev_sims: np.ndarray | None, options: RerankTrainOptions, base_spec: str,
-                   show_progress: bool = True, log: Callable[[str], None] | None = None) -> RerankTrainResult:
+                   show_progress: bool = True, log: Callable[[str], None] | None = None,
+                   towers=None) -> RerankTrainResult:
     """Train a fusion model with ITM loss on positives and dual-encoder hard negatives, both directions."""
     log = log or (lambda m: print(m, file=sys.stderr))
     t0 = time.monotonic()
@@ -165,8 +166,14 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
     cfg = FusionConfig(base_spec=base_spec, region_dim=region_dim, num_regions=n_regions,
                        text_dim=train.tokens.shape[1], width=options.width, layers=options.layers,
                        heads=options.heads, self_attention=options.self_attention, dropout=options.dropout,
-                       region_mlp=options.region_mlp)
+                       region_mlp=options.region_mlp, region_head=1280 if options.region_head else 0)
     model = FusionModel(cfg)
+    if cfg.region_head:
+        if towers is None:
+            raise ValueError("region_head needs the bundled towers (pass towers=)")
+        from .fusion import init_region_head
+
+        init_region_head(model, towers)
     if options.init_from:  # fine-tune an existing reranker (its shape wins over the options)
         from .fusion import load_fusion
 
@@ -333,7 +340,9 @@ def model_card(result: RerankTrainResult, dataset_root: str, command: str, featu
         " captions are included.\n",
         "## Model\n",
         f"- regions: the image tower's spatial map as {cfg.num_regions} tokens of {cfg.region_dim} channels"
-        " (+ their mean as a global token), LayerNorm + " + ("a GELU MLP" if cfg.region_mlp else "linear")
+        + (f", through a frozen copy of the tower's 1×1 head (batch norm folded in, ReLU6) to {cfg.region_head}"
+           " channels" if cfg.region_head else "")
+        + " (+ their mean as a global token), LayerNorm + " + ("a GELU MLP" if cfg.region_mlp else "linear")
         + " to the fusion width, learned position embeddings",
         f"- text: the text tower's last-layer token states ({cfg.text_dim}-d), LayerNorm + linear",
         f"- fusion: {cfg.layers} pre-norm layers of text→region cross-attention"

@@ -93,17 +93,19 @@ class Indexer:
 
     When the encoder has a ``region_key`` (and ``regions`` is True) each new image's region
     features, for the reranker, come from the same forward pass as its vector and are stored with
-    it; moved and duplicate files keep or copy them. ``regions=False`` stores none.
+    it; moved and duplicate files keep or copy them. ``regions=False`` stores none; ``None``
+    (the default) stores them unless the encoder says no reranker reads them by default
+    (``store_regions = False``, as ``hf:`` encoders do: their patch tokens are large).
     """
 
     def __init__(self, encoder: Encoder, store: Store, *, batch_size: int = 32, workers: int | None = None,
-                 show_progress: bool = True, regions: bool = True) -> None:
+                 show_progress: bool = True, regions: bool | None = None) -> None:
         self.encoder = encoder
         self.store = store
         self.batch_size = batch_size
         self.workers = workers or min(8, (os.cpu_count() or 2))
         self.show_progress = show_progress
-        self.regions = regions
+        self.regions = bool(getattr(encoder, "store_regions", True)) if regions is None else regions
 
     @property
     def region_key(self) -> str | None:

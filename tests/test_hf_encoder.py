@@ -337,3 +337,6 @@ def test_hf_spec_indexes_and_searches_through_the_cli(tiny_models, tmp_path, cap
     assert Path(hits[0]["path"]).name == "p3.png" and hits[0]["score"] > 0.999
     assert main(["search", "a cat", "--db", str(db), "--model", f"hf:{tiny_models['siglip']}"]) == 1
     assert "rebuild" in capsys.readouterr().err
+    # patch-token regions are not stored for hf: encoders by default (no bundled reranker reads them)
+    assert main(["info", "--db", str(db), "--json"]) == 0
+    assert _json.loads(capsys.readouterr().out)["regions"]["count"] == 0

@@ -76,7 +76,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         encoder = create_encoder(spec, device=args.device)
         store.check_encoder(encoder.fingerprint, encoder.spec)
         indexer = Indexer(encoder, store, batch_size=args.batch_size, workers=args.workers,
-                          show_progress=not args.no_progress, regions=not args.no_regions)
+                          show_progress=not args.no_progress, regions=False if args.no_regions else None)
         reports = []
         for folder in args.folders:
             report = indexer.sync(folder)

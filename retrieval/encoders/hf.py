@@ -131,6 +131,10 @@ def _jsonable(value: Any) -> Any:
 class HFDualEncoder(EncoderBase):
     """A transformers image-text dual encoder with ``get_image_features``/``get_text_features``."""
 
+    # Patch-token regions are available (encode_pixels_with_regions) but not stored by the indexer
+    # by default: no bundled reranker reads them, and they cost 50-200 KB per photo.
+    store_regions = False
+
     def __init__(self, name_or_path: str, device: str | None = None,
                  local_files_only: bool | None = None) -> None:
         """Load ``name_or_path`` (hub id or folder); raise ``EncoderSpecError`` if that fails.

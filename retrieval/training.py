@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from .evaluate import Dataset, iter_image_batches, recall_from_similarity
 from .images import load_image
 
 FEATURE_VERSION = 1
+T = TypeVar("T")
 
 
 # -- augmentation ----------------------------------------------------------------------------
@@ -121,6 +122,28 @@ class FeatureSet:
                           self.image_blend_input, self.text_blend_input)
 
 
+def map_image_view(dataset: Dataset, preprocess: Callable, size: int, view: int, seed: int, batch_size: int,
+                   fn: Callable[[torch.Tensor], T], desc: str, show_progress: bool = True) -> list[T]:
+    """``fn`` over preprocessed batches of one view of every image (0: clean; v > 0: augmented with a
+    per-image seed, so a view is the same crop every time), decoded ahead in a thread pool."""
+
+    def prep(p: str) -> torch.Tensor:
+        im = load_image(p, target_size=size)
+        if view:
+            im = augment(im, size, random.Random(f"{seed}:{view}:{os.path.basename(p)}"))
+        return preprocess(im)
+
+    out = []
+    with tqdm(total=len(dataset.images), desc=desc, unit="img", file=sys.stderr, disable=not show_progress) as bar:
+        try:
+            for chunk, pixels in iter_image_batches(dataset.images, prep, batch_size, workers=2):
+                out.append(fn(pixels))
+                bar.update(len(chunk))
+        except ImageLoadError as e:
+            raise DatasetError(f"cannot compute features: {e}") from e
+    return out
+
+
 def compute_features(encoder, dataset: Dataset, views: int = 0, seed: int = 0, cache_dir: str | None = None,
                      batch_size: int = 64, show_progress: bool = True, log: Callable[[str], None] | None = None
                      ) -> FeatureSet:
@@ -163,23 +186,10 @@ def compute_features(encoder, dataset: Dataset, views: int = 0, seed: int = 0, c
         if path and os.path.isfile(path):
             return _load(path)
 
-        def prep(p: str) -> torch.Tensor:
-            im = load_image(p, target_size=size)
-            if v:
-                im = augment(im, size, random.Random(f"{seed}:{v}:{os.path.basename(p)}"))
-            return encoder.preprocess(im)
-
-        parts = []
-        with torch.inference_mode(), \
-                tqdm(total=len(dataset.images), desc=f"images {dataset.split or ''} view {v}", unit="img",
-                     file=sys.stderr, disable=not show_progress) as bar:
-            try:
-                for chunk, pixels in iter_image_batches(dataset.images, prep, batch_size, workers=2):
-                    feats = image_fn(pixels)
-                    parts.append({k: t.float().cpu() for k, t in feats.items()})
-                    bar.update(len(chunk))
-            except ImageLoadError as e:
-                raise DatasetError(f"cannot compute features: {e}") from e
+        with torch.inference_mode():
+            parts = map_image_view(dataset, encoder.preprocess, size, v, seed, batch_size,
+                                   lambda px: {k: t.float().cpu() for k, t in image_fn(px).items()},
+                                   f"images {dataset.split or ''} view {v}", show_progress)
         out = _stack(parts)
         if path:
             _save(path, out, {"split": dataset.split, "view": v, "seed": seed})

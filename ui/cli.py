@@ -241,12 +241,13 @@ def _common(p: argparse.ArgumentParser, model_help: str = "encoder spec (default
 
 def _rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank", action="store_true", help="rerank the top results with the cross-attention reranker")
-    p.add_argument("--rerank-k", type=_positive_int, default=20, metavar="N", help="how many top results to rerank (default 20)")
+    p.add_argument("--rerank-k", type=positive_int, default=20, metavar="N", help="how many top results to rerank (default 20)")
     p.add_argument("--rerank-model", default="default", metavar="SPEC",
                    help="reranker spec: default, fusion:<folder>, hf-blip:<hub id or folder> (default: default)")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
     try:
         n = int(text)
     except ValueError:

@@ -16,6 +16,8 @@ NO_RERANKER = "none"
 
 
 def register(sub, common) -> None:
+    from ui.cli import positive_int
+
     p = sub.add_parser("serve", help="start the web UI (optionally indexing DIR first)")
     p.add_argument("folder", nargs="?", metavar="DIR", help="photo folder to index (incrementally) before serving")
     common(p)
@@ -29,19 +31,9 @@ def register(sub, common) -> None:
     p.add_argument("--rerank-model", default="default", metavar="SPEC",
                    help="reranker behind the Rerank switches: default (the bundled one, when installed), "
                         "fusion:<folder>, hf-blip:<hub id or folder>, or none (default: default)")
-    p.add_argument("--rerank-k", type=_positive_int, default=20, metavar="N",
+    p.add_argument("--rerank-k", type=positive_int, default=20, metavar="N",
                    help="how many top results the Rerank switches reorder (default 20)")
     p.set_defaults(func=cmd_serve)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:

@@ -13,20 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..encoders.base import batched
-from ..errors import DatasetError, ImageLoadError, EncoderSpecError
-from ..evaluate import Dataset, iter_image_batches
-from ..images import load_image
+from ..errors import EncoderSpecError
+from ..evaluate import Dataset
 
 FEATURE_VERSION = 1
 TEXT_MAX_TOKENS = 64
@@ -107,7 +104,7 @@ def compute_rerank_features(encoder, dataset: Dataset, views: int = 0, seed: int
                             batch_size: int = 64, show_progress: bool = True,
                             log: Callable[[str], None] | None = None) -> RerankFeatures:
     """Regions for every image (1 clean + ``views`` augmented views) and token states for every caption, cached."""
-    from ..training import _load, _save, augment
+    from ..training import _load, _save, map_image_view
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     towers = base_towers(encoder)
@@ -147,21 +144,9 @@ def compute_rerank_features(encoder, dataset: Dataset, views: int = 0, seed: int
         if path and os.path.isfile(path):
             return _load(path)["regions"]
 
-        def prep(p: str) -> torch.Tensor:
-            im = load_image(p, target_size=size)
-            if v:
-                im = augment(im, size, random.Random(f"{seed}:{v}:{os.path.basename(p)}"))
-            return towers.preprocess(im)
-
-        parts = []
-        with tqdm(total=len(dataset.images), desc=f"regions {dataset.split or ''} view {v}", unit="img",
-                  file=sys.stderr, disable=not show_progress) as bar:
-            try:
-                for chunk, pixels in iter_image_batches(dataset.images, prep, batch_size, workers=2):
-                    parts.append(image_regions(towers, pixels).half().cpu())
-                    bar.update(len(chunk))
-            except ImageLoadError as e:
-                raise DatasetError(f"cannot compute features: {e}") from e
+        parts = map_image_view(dataset, towers.preprocess, size, v, seed, batch_size,
+                               lambda px: image_regions(towers, px).half().cpu(),
+                               f"regions {dataset.split or ''} view {v}", show_progress)
         out = torch.cat(parts)
         if path:
             _save(path, {"regions": out}, {"split": dataset.split, "view": v, "seed": seed})

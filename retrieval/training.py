@@ -69,9 +69,10 @@ def augment(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
 
 # -- feature cache ---------------------------------------------------------------------------
 
-def _cache_key(encoder, dataset: Dataset) -> str:
+def _cache_key(encoder, dataset: Dataset, version: int = FEATURE_VERSION) -> str:
+    """A short digest of the encoder, the dataset's files and captions and the cache format version."""
     h = hashlib.sha256()
-    h.update(json.dumps({"v": FEATURE_VERSION, "fp": encoder.fingerprint, "root": dataset.root,
+    h.update(json.dumps({"v": version, "fp": encoder.fingerprint, "root": dataset.root,
                          "split": dataset.split, "n": len(dataset.images)}).encode())
     for p in dataset.images:
         h.update(os.path.basename(p).encode())

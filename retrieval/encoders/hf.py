@@ -128,6 +128,24 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # enums (resampling modes) and the like
 
 
+def resolve_target(prefix: str, name: str, local_files_only: bool | None) -> tuple[str, bool, bool]:
+    """(source to load, whether it is a local folder, offline) for a ``prefix:<hub id or folder>`` spec.
+
+    An empty name, an existing non-folder, or a path-looking name that is no folder raise EncoderSpecError.
+    """
+    spec = f"{prefix}{name}"
+    if not name:
+        raise EncoderSpecError(f"cannot load {prefix} — no model id or folder given")
+    path = os.path.expanduser(name)
+    is_dir = os.path.isdir(path)
+    if not is_dir and os.path.exists(path):
+        raise EncoderSpecError(f"cannot load {spec} — not a folder: {path}")
+    if not is_dir and _looks_like_path(name):
+        raise EncoderSpecError(f"cannot load {spec} — no such folder: {path}")
+    offline = _hub_offline() if local_files_only is None else local_files_only
+    return (path if is_dir else name), is_dir, offline
+
+
 class HFDualEncoder(EncoderBase):
     """A transformers image-text dual encoder with ``get_image_features``/``get_text_features``."""
 
@@ -143,17 +161,8 @@ class HFDualEncoder(EncoderBase):
         """
         name = str(name_or_path).strip()
         self.spec = f"hf:{name}"
-        if not name:
-            raise EncoderSpecError("cannot load hf: — no model id or folder given")
+        source, is_dir, offline = resolve_target("hf:", name, local_files_only)
         self.device = pick_device(device)
-        path = os.path.expanduser(name)
-        is_dir = os.path.isdir(path)
-        if not is_dir and os.path.exists(path):
-            raise EncoderSpecError(f"cannot load {self.spec} — not a folder: {path}")
-        if not is_dir and _looks_like_path(name):
-            raise EncoderSpecError(f"cannot load {self.spec} — no such folder: {path}")
-        source = path if is_dir else name
-        offline = _hub_offline() if local_files_only is None else local_files_only
 
         with _quiet():
             model, image_processor, tokenizer = self._load(source, is_dir, offline)

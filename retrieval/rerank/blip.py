@@ -9,7 +9,6 @@ exactly as ``BlipForImageTextRetrieval.forward(use_itm_head=True)`` does.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..encoders.base import batched, pick_device, state_digest
-from ..encoders.hf import _IMAGE_KEYS, _SANE_MAX_LENGTH, _hub_offline, _jsonable, _looks_like_path, _one_line, _quiet
+from ..encoders.hf import _IMAGE_KEYS, _SANE_MAX_LENGTH, _jsonable, _one_line, _quiet, resolve_target
 from ..errors import EncoderSpecError
 
 PREFIX = "hf-blip:"
@@ -36,17 +35,8 @@ class BlipReranker:
         """
         name = str(target).strip()
         self.spec = f"{PREFIX}{name}"
-        if not name:
-            raise EncoderSpecError(f"cannot load {PREFIX} — no model id or folder given")
+        source, is_dir, offline = resolve_target(PREFIX, name, local_files_only)
         self.device = pick_device(device)
-        path = os.path.expanduser(name)
-        is_dir = os.path.isdir(path)
-        if not is_dir and os.path.exists(path):
-            raise EncoderSpecError(f"cannot load {self.spec} — not a folder: {path}")
-        if not is_dir and _looks_like_path(name):
-            raise EncoderSpecError(f"cannot load {self.spec} — no such folder: {path}")
-        source = path if is_dir else name
-        offline = _hub_offline() if local_files_only is None else local_files_only
 
         with _quiet():
             self.model, self.image_processor, self.tokenizer = self._load(source, is_dir, offline)

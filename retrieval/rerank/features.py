@@ -10,8 +10,6 @@ Tokens: the text tower's per-token states (MiniLM's last layer, 384-d), computed
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import time
@@ -90,21 +88,11 @@ class RerankFeatures:
         return states, mask
 
 
-def _key(encoder, dataset: Dataset) -> str:
-    h = hashlib.sha256(json.dumps({"v": FEATURE_VERSION, "fp": encoder.fingerprint, "root": dataset.root,
-                                   "split": dataset.split, "n": len(dataset.images)}).encode())
-    for p in dataset.images:
-        h.update(os.path.basename(p).encode())
-    for c in dataset.captions:
-        h.update(c.encode())
-    return h.hexdigest()[:16]
-
-
 def compute_rerank_features(encoder, dataset: Dataset, views: int = 0, seed: int = 0, cache_dir: str | None = None,
                             batch_size: int = 64, show_progress: bool = True,
                             log: Callable[[str], None] | None = None) -> RerankFeatures:
     """Regions for every image (1 clean + ``views`` augmented views) and token states for every caption, cached."""
-    from ..training import _load, _save, map_image_view
+    from ..training import _cache_key, _load, _save, map_image_view
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     towers = base_towers(encoder)
@@ -112,7 +100,7 @@ def compute_rerank_features(encoder, dataset: Dataset, views: int = 0, seed: int
         raise EncoderSpecError(f"{encoder.spec} gives no region features (the fusion reranker needs the bundled towers)")
     folder = None
     if cache_dir:
-        folder = os.path.join(cache_dir, f"rerank-{dataset.split or 'all'}-{_key(towers, dataset)}")
+        folder = os.path.join(cache_dir, f"rerank-{dataset.split or 'all'}-{_cache_key(towers, dataset, FEATURE_VERSION)}")
         os.makedirs(folder, exist_ok=True)
     size = towers.image_size
     t0 = time.monotonic()

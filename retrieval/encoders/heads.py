@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WeightsError
+from ..weights_io import load_weights_into, read_json_config
 from .base import EncoderBase, state_digest
 
 WEIGHTS_FILE = "heads.safetensors"
@@ -229,15 +230,7 @@ def save_heads(folder: str | os.PathLike, config: HeadsConfig, state_dict: dict[
 def load_config(folder: str | os.PathLike) -> HeadsConfig:
     """Read and validate ``heads.json``; WeightsError when missing or malformed."""
     path = os.path.join(folder, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise WeightsError(f"no heads config: {path} is missing")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"cannot read heads config {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise WeightsError(f"heads config {path} is not a JSON object")
+    data = read_json_config(path, "heads")
     try:
         return HeadsConfig.from_dict(data)
     except TypeError as e:
@@ -246,29 +239,9 @@ def load_config(folder: str | os.PathLike) -> HeadsConfig:
 
 def load_heads(folder: str | os.PathLike) -> tuple[HeadsConfig, Heads]:
     """Load a heads folder; any missing, corrupt or mismatched file raises a one-line WeightsError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     config = load_config(folder)
-    path = os.path.join(folder, WEIGHTS_FILE)
-    if not os.path.isfile(path):
-        raise WeightsError(f"no heads weights: {path} is missing")
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"cannot read weights file {path}: {e}") from None
     heads = Heads(config)
-    expected = heads.state_dict()
-    for name, ref in expected.items():
-        if name not in tensors:
-            raise WeightsError(f"weights file {path} does not fit heads config: missing {name} {tuple(ref.shape)}")
-        if tuple(tensors[name].shape) != tuple(ref.shape):
-            raise WeightsError(f"weights file {path} does not fit heads config: expected {name} "
-                               f"{tuple(ref.shape)}, found {tuple(tensors[name].shape)}")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise WeightsError(f"weights file {path} does not fit heads config: unexpected tensor {extra[0]}")
-    heads.load_state_dict({k: v.float() for k, v in tensors.items()})
+    load_weights_into(heads, os.path.join(folder, WEIGHTS_FILE), "heads")
     heads.eval()
     return config, heads
 

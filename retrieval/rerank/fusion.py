@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..encoders.base import state_digest
 from ..errors import WeightsError
+from ..weights_io import load_weights_into, read_json_config
 
 WEIGHTS_FILE = "reranker.safetensors"
 CONFIG_FILE = "reranker.json"
@@ -235,37 +236,9 @@ def save_reranker(folder: str | os.PathLike, config: FusionConfig, state_dict: d
 
 def load_fusion(folder: str | os.PathLike) -> tuple[FusionConfig, FusionModel]:
     """Load a reranker folder; a missing, corrupt or mismatched file raises a one-line WeightsError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    cpath, wpath = os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE)
-    if not os.path.isfile(cpath):
-        raise WeightsError(f"no reranker config: {cpath} is missing")
-    try:
-        with open(cpath, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"cannot read reranker config {cpath}: {e}") from None
-    if not isinstance(data, dict):
-        raise WeightsError(f"reranker config {cpath} is not a JSON object")
-    cfg = FusionConfig.from_dict(data)
-    if not os.path.isfile(wpath):
-        raise WeightsError(f"no reranker weights: {wpath} is missing")
-    try:
-        tensors = load_file(wpath)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"cannot read weights file {wpath}: {e}") from None
+    cfg = FusionConfig.from_dict(read_json_config(os.path.join(folder, CONFIG_FILE), "reranker"))
     model = FusionModel(cfg)
-    expected = model.state_dict()
-    for name, ref in expected.items():
-        got = tensors.get(name)
-        if got is None or tuple(got.shape) != tuple(ref.shape):
-            found = "missing" if got is None else f"found {tuple(got.shape)}"
-            raise WeightsError(f"weights file {wpath} does not fit reranker config: {name} {tuple(ref.shape)} {found}")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise WeightsError(f"weights file {wpath} does not fit reranker config: unexpected tensor {extra[0]}")
-    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    load_weights_into(model, os.path.join(folder, WEIGHTS_FILE), "reranker")
     model.eval()
     return cfg, model
 

@@ -1,0 +1,48 @@
+"""Reading a weights folder's JSON config and safetensors file, with one-line WeightsErrors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from .errors import WeightsError
+
+
+def read_json_config(path: str, what: str) -> dict:
+    """The JSON object in ``path`` (``what``: "heads", "reranker", ... for the messages)."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"no {what} config: {path} is missing")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"cannot read {what} config {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{what} config {path} is not a JSON object")
+    return data
+
+
+def load_weights_into(module: torch.nn.Module, path: str, what: str) -> None:
+    """Fill ``module`` (as float32) from the safetensors file ``path``, which must hold exactly its tensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise WeightsError(f"no {what} weights: {path} is missing")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"cannot read weights file {path}: {e}") from None
+    expected = module.state_dict()
+    for name, ref in expected.items():
+        if name not in tensors:
+            raise WeightsError(f"weights file {path} does not fit {what} config: missing {name} {tuple(ref.shape)}")
+        if tuple(tensors[name].shape) != tuple(ref.shape):
+            raise WeightsError(f"weights file {path} does not fit {what} config: expected {name} "
+                               f"{tuple(ref.shape)}, found {tuple(tensors[name].shape)}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise WeightsError(f"weights file {path} does not fit {what} config: unexpected tensor {extra[0]}")
+    module.load_state_dict({k: v.float() for k, v in tensors.items()})

@@ -68,6 +68,15 @@ class Searcher:
         """A query image (path, bytes, file object or PIL image) -> its (dim,) vector."""
         return self.encoder.encode_images([self.load_query_image(image)])[0]
 
+    def embed_picture(self, picture: Image.Image, with_regions: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """A decoded query picture's vector, and (``with_regions``) the reranker's regions for it where the
+        encoder gives those in the same forward pass (else None: ``rerank_captions`` computes them)."""
+        key = getattr(self.encoder, "region_key", None)
+        if with_regions and self.reranker is not None and key and key == self.reranker.region_key:
+            vectors, regions = self.encoder.encode_pixels_with_regions(self.encoder.preprocess(picture)[None])
+            return vectors[0], regions
+        return self.encoder.encode_images([picture])[0], None
+
     # -- searches ---------------------------------------------------------------------------
 
     def load_query_image(self, image: ImageInput) -> Image.Image:
@@ -94,12 +103,13 @@ class Searcher:
                            rerank: bool = False) -> list[Hit]:
         """Indexed captions that best describe a query image (the top ``rerank_k`` reranked when ``rerank``)."""
         picture = self.load_query_image(image)
-        vector = self.encoder.encode_images([picture])[0]
+        if rerank:
+            self._need_reranker()
+        vector, regions = self.embed_picture(picture, with_regions=rerank)
         if not rerank:
             return self.captions_near(vector, k, min_score)
-        self._need_reranker()
         hits = self.captions_near(vector, max(k, self.rerank_k), min_score)
-        return (self.rerank_captions(picture, hits[: self.rerank_k]) + hits[self.rerank_k:])[:k]
+        return self.rerank_top_captions(picture, hits, regions)[:k]
 
     # -- reranking --------------------------------------------------------------------------
 
@@ -141,13 +151,21 @@ class Searcher:
         itm = rr.itm_scores([query], regions[keep])
         return self._reorder(hits, keep, itm, rr.alpha)
 
-    def rerank_captions(self, image: ImageInput, hits: list[Hit]) -> list[Hit]:
-        """``hits`` (captions for a query image) reordered by the reranker; same hits, match filled in."""
+    def rerank_top_captions(self, image: ImageInput, hits: list[Hit], regions: np.ndarray | None = None) -> list[Hit]:
+        """``hits`` with their first ``rerank_k`` reranked (see ``rerank_captions``) and the rest after them."""
+        return self.rerank_captions(image, hits[: self.rerank_k], regions) + hits[self.rerank_k:]
+
+    def rerank_captions(self, image: ImageInput, hits: list[Hit], regions: np.ndarray | None = None) -> list[Hit]:
+        """``hits`` (captions for a query image) reordered by the reranker; same hits, match filled in.
+
+        ``regions``: the image's regions for this reranker where already computed (``embed_picture``).
+        """
         if not hits:
             return []
         self._need_reranker()
         rr = self.reranker
-        regions = rr.encode_regions([self.load_query_image(image)])
+        if regions is None:
+            regions = rr.encode_regions([self.load_query_image(image)])
         itm = rr.itm_scores([h.caption or "" for h in hits], regions)
         return self._reorder(hits, np.arange(len(hits)), itm, caption_alpha_of(rr))
 

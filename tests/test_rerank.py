@@ -316,6 +316,17 @@ def test_captions_for_image_rerank_keeps_every_caption(indexed):
     assert all(0.0 < h.match < 1.0 for h in hits[:5]) and all(h.match is None for h in hits[5:])
 
 
+def test_caption_rerank_takes_the_query_regions_from_the_encoders_forward_pass(indexed, monkeypatch):
+    searcher, photos = indexed
+    rr = searcher.reranker
+    expected = searcher.rerank_top_captions(photos / "cat_chelsea.png",
+                                            searcher.captions_near(searcher.embed_image(photos / "cat_chelsea.png"), 8))
+    # the encoder and the reranker share region features: the query photo goes through the tower once
+    monkeypatch.setattr(rr, "encode_regions", lambda images: pytest.fail("ran the image tower a second time"))
+    hits = searcher.captions_for_image(photos / "cat_chelsea.png", k=8, rerank=True)
+    assert [(h.caption_id, h.match) for h in hits] == [(h.caption_id, pytest.approx(h.match, abs=1e-5)) for h in expected]
+
+
 def test_hits_without_regions_or_file_are_kept(indexed):
     """Stored regions serve deleted files; missing regions come from the file; a hit with neither is not lost."""
     searcher, _ = indexed

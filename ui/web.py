@@ -230,15 +230,15 @@ class AppState:
         With ``rerank`` (and a reranker) the best ``rerank_k`` captions are reordered by it.
         """
         searcher = self.searcher()
-        vector = searcher.embed_image(image)
         rerank = bool(rerank) and self.has_reranker
+        picture = searcher.load_query_image(image)
+        vector, regions = searcher.embed_picture(picture, with_regions=rerank)
         try:
             hits = searcher.captions_near(vector, k=max(k_captions, self.rerank_k) if rerank else k_captions)
         except EmptyIndexError:  # photos but no captions: still show the similar photos
             hits = []
         if rerank and hits:
-            top = self.rerank_k
-            hits = searcher.rerank_captions(image, hits[:top]) + hits[top:]
+            hits = searcher.rerank_top_captions(picture, hits, regions)
         return self._results(hits[:k_captions]), self._results(searcher.images_near(vector, k=k_photos))
 
     def load_query_image(self, path: str):

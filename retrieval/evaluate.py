@@ -8,7 +8,7 @@ import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -103,16 +103,18 @@ def recall_from_similarity(sims: np.ndarray, caption_image: np.ndarray,
     }
 
 
-def iter_image_batches(paths: Sequence[str], prep: Callable[[str], torch.Tensor], batch_size: int = 32,
-                       workers: int | None = None, ahead: int = 3) -> Iterator[tuple[list[str], torch.Tensor]]:
+def iter_image_batches(paths: Sequence[str], prep: Callable[[str], Any], batch_size: int = 32,
+                       workers: int | None = None, ahead: int = 3,
+                       collate: Callable[[list], Any] = torch.stack) -> Iterator[tuple[list[str], Any]]:
     """(paths, stacked pixels) batches, decoded in a thread pool up to ``ahead`` batches before they are used.
 
-    ``prep`` turns one path into a preprocessed tensor; its ImageLoadError reaches the caller.
+    ``prep`` turns one path into a preprocessed tensor (or anything ``collate`` can batch); its
+    ImageLoadError reaches the caller.
     """
     chunks = list(batched(paths, batch_size))
 
-    def load(chunk: list[str]) -> torch.Tensor:
-        return torch.stack([prep(p) for p in chunk])
+    def load(chunk: list[str]):
+        return collate([prep(p) for p in chunk])
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 2)) as pool:
         pending = deque(pool.submit(load, c) for c in chunks[:ahead])
@@ -206,20 +208,19 @@ def embed_image_files_with_regions(encoder: Encoder, reranker, paths: Sequence[s
 
     def prep(path: str):
         image = load_image(path, target_size=encoder.image_size)
-        return encoder.preprocess(image), image
+        return encoder.preprocess(image), None if shared else image
+
+    def collate(items: list) -> tuple[torch.Tensor, list]:
+        return torch.stack([p for p, _ in items]), [im for _, im in items]
 
     vecs, regions = [], []
-    chunks = list(batched(paths, batch_size))
-    with tqdm(total=len(paths), desc="images", unit="img", file=sys.stderr, disable=not show_progress) as bar, \
-            ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+    with tqdm(total=len(paths), desc="images", unit="img", file=sys.stderr, disable=not show_progress) as bar:
         try:
-            for chunk in chunks:
-                items = list(pool.map(prep, chunk))
-                pixels = torch.stack([p for p, _ in items])
+            for chunk, (pixels, images) in iter_image_batches(paths, prep, batch_size, collate=collate):
                 if shared:
                     v, r = encoder.encode_pixels_with_regions(pixels)
                 else:
-                    v, r = encoder.encode_pixels(pixels), reranker.encode_regions([im for _, im in items])
+                    v, r = encoder.encode_pixels(pixels), reranker.encode_regions(images)
                 vecs.append(v)
                 regions.append(r)
                 bar.update(len(chunk))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -27,6 +29,71 @@ def quiet_stdout():
     """Send library chatter printed to stdout (model loaders) to stderr instead."""
     with contextlib.redirect_stdout(sys.stderr):
         yield
+
+
+class _TracedForward:
+    """A module's forward, run through a TorchScript trace made on first use (per device) when
+    there is no autograd and the tower's pretrained model is in eval mode, else run eagerly.
+
+    The trace gives the eager outputs bit for bit (no freezing or fusion), but runs in C++
+    without holding the GIL, so concurrent requests (the web server) use both cores instead of
+    queueing on Python. ``IMGSEARCH_NO_TRACE=1`` turns it off. Not an ``nn.Module`` attribute of
+    the tower, so the tower's state dict (and the encoder fingerprint) is unchanged.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self._graphs: dict[str, torch.jit.ScriptModule] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, owner: torch.nn.Module, *inputs: torch.Tensor):
+        if torch.is_grad_enabled() or owner.model.training or os.environ.get("IMGSEARCH_NO_TRACE"):
+            return self.module(*inputs)
+        key = str(inputs[0].device)
+        graph = self._graphs.get(key)
+        if graph is None:
+            with self._lock:
+                graph = self._graphs.get(key)
+                if graph is None:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches
+                        graph = torch.jit.trace(self.module, inputs, check_trace=False)
+                    self._graphs[key] = graph
+        return graph(*inputs)
+
+
+class _EfficientNetFeatures(torch.nn.Module):
+    """EfficientNet.extract_features, split so the last block's (narrower) output is kept too."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = self.model
+        x = m._swish(m._bn0(m._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
+        n_blocks = len(m._blocks)
+        for idx, block in enumerate(m._blocks):
+            rate = m._global_params.drop_connect_rate
+            x = block(x, drop_connect_rate=rate * float(idx) / n_blocks if rate else rate)
+        regions = x
+        spatial = m._swish(m._bn1(m._conv_head(x))).contiguous()
+        pooled = spatial.mean(dim=(2, 3))
+        logits = m._fc(pooled)
+        return logits, pooled, spatial, regions.contiguous()
+
+
+class _BertStates(torch.nn.Module):
+    """A BERT-style model's last hidden states from (input_ids, token_type_ids, attention_mask)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
+                ) -> torch.Tensor:
+        return self.model(input_ids=input_ids, token_type_ids=token_type_ids,
+                          attention_mask=attention_mask).last_hidden_state
 
 
 @dataclass
@@ -50,24 +117,15 @@ class EfficientNetLiteTower(torch.nn.Module):
         self.model = _load_efficientnet_lite(variant).to(memory_format=torch.channels_last)
         self.model.eval()
         self.image_size = {0: 224, 1: 240, 2: 260}[variant]
+        self._traced = _TracedForward(_EfficientNetFeatures(self.model))
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL -> normalised (3, S, S): resize shorter side to S, centre crop."""
         return preprocess_center_crop(image, self.image_size, IMAGENET_MEAN, IMAGENET_STD)
 
     def forward(self, pixels: torch.Tensor) -> ImageFeatures:
-        m = self.model
-        # EfficientNet.extract_features, split so the last block's (narrower) output is kept too
-        x = m._swish(m._bn0(m._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
-        n_blocks = len(m._blocks)
-        for idx, block in enumerate(m._blocks):
-            rate = m._global_params.drop_connect_rate
-            x = block(x, drop_connect_rate=rate * float(idx) / n_blocks if rate else rate)
-        regions = x
-        spatial = m._swish(m._bn1(m._conv_head(x))).contiguous()
-        pooled = spatial.mean(dim=(2, 3))
-        logits = m._fc(pooled)
-        return ImageFeatures(logits=logits, pooled=pooled, spatial=spatial, regions=regions.contiguous())
+        logits, pooled, spatial, regions = self._traced(self, pixels)
+        return ImageFeatures(logits=logits, pooled=pooled, spatial=spatial, regions=regions)
 
 
 def preprocess_center_crop(image: Image.Image, size: int, mean, std) -> torch.Tensor:
@@ -136,6 +194,7 @@ class MiniLMTower(torch.nn.Module):
             self.model = AutoModel.from_pretrained(path)
         self.model.eval()
         self.dim = int(self.model.config.hidden_size)
+        self._traced = _TracedForward(_BertStates(self.model))
 
     def tokenize(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         """Token ids and attention mask for a batch of texts, truncated to max_length."""
@@ -144,7 +203,10 @@ class MiniLMTower(torch.nn.Module):
 
     def token_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-token hidden states (n, L, 384)."""
-        return self.model(**batch).last_hidden_state
+        inputs = (batch["input_ids"], batch.get("token_type_ids"), batch["attention_mask"])
+        if inputs[1] is None:
+            inputs = (inputs[0], torch.zeros_like(inputs[0]), inputs[2])
+        return self._traced(self, *inputs)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean-pooled sentence embeddings (n, 384), not yet normalised."""

@@ -55,9 +55,10 @@ def _percentile(values: list[float], p: float) -> float:
     return values[k]
 
 
-def _call(client: httpx.Client, api: str, data: list, timeout: float) -> dict | list:
+def _call(client: httpx.Client, api: str, data: list, timeout: float, session: str | None = None) -> dict | list:
     """One gradio REST call: submit, then read the event stream to its end."""
-    r = client.post(f"gradio_api/call/{api}", json={"data": data}, timeout=timeout)
+    body = {"data": data} if session is None else {"data": data, "session_hash": session}
+    r = client.post(f"gradio_api/call/{api}", json=body, timeout=timeout)
     r.raise_for_status()
     event_id = r.json()["event_id"]
     event, payload = None, None
@@ -82,6 +83,7 @@ def _call(client: httpx.Client, api: str, data: list, timeout: float) -> dict | 
 def _client_loop(base: str, auth: tuple[str, str] | None, images: list[Path], image_every: int, deadline: float,
                  budget: "_Budget", results: Results, seed: int, timeout: float) -> None:
     rng = random.Random(seed)
+    session = f"loadtest-{seed}-{rng.getrandbits(48):012x}"  # one browser session per client, as in the UI
     with httpx.Client(base_url=base, timeout=timeout) as client:
         if auth:
             client.post("login", data={"username": auth[0], "password": auth[1]}).raise_for_status()
@@ -92,14 +94,14 @@ def _client_loop(base: str, auth: tuple[str, str] | None, images: list[Path], im
             t0 = time.perf_counter()
             try:
                 if kind == "text":
-                    _call(client, "search", [rng.choice(QUERIES), 12, 0, False], timeout)
+                    _call(client, "search", [rng.choice(QUERIES), 12, 0, False], timeout, session)
                 else:
                     img = rng.choice(images)
                     with open(img, "rb") as f:
                         up = client.post("gradio_api/upload", files={"files": (img.name, f, "application/octet-stream")})
                     up.raise_for_status()
                     fd = {"path": up.json()[0], "orig_name": img.name, "meta": {"_type": "gradio.FileData"}}
-                    _call(client, "find_by_photo", [fd, 8, False], timeout)
+                    _call(client, "find_by_photo", [fd, 8, False], timeout, session)
                 results.add(Sample(kind, time.perf_counter() - t0))
             except Exception as e:  # noqa: BLE001 - every failure is a counted error, the run goes on
                 results.add(Sample(kind, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:300]))

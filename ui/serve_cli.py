@@ -134,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state = AppState(args.db, model=args.model, device=args.device, searcher=searcher, reranker=reranker,
                      rerank_k=args.rerank_k)
     demo = build_app(state)
+    state.warm_up()
     try:
         launch(demo, state, host=args.host, port=args.port, auth=auth, max_file_size=args.max_upload,
                prevent_thread_lock=True)

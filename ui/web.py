@@ -21,6 +21,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: never phone home
+# Gradio's queue rebuilds a pandas summary of its last (up to 10,000) events after every event by
+# default: under load that is the costliest step of a search. Summarise rarely, over fewer events.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "2000")
 
 import html
 import logging
@@ -52,6 +56,10 @@ DEFAULT_K = 12
 MAX_K = 100
 MAX_UPLOAD = "25mb"
 CAPTIONS_K = 5
+# Text searches and photo queries share one FIFO queue (concurrency id "query") with this many
+# running at once: on 2 cores more only adds GIL contention, and one queue keeps the waits of
+# the two kinds equal (measured with benchmarks/load_test.py; see README, Performance).
+QUERY_CONCURRENCY = 4
 CAPTION_HEADERS = ["Score", "Caption", "Photo"]
 RERANK_INFO_OFF = "install a reranker to enable"
 RERANK_INFO_ON = "reorder the top results with the reranker"
@@ -206,6 +214,18 @@ class AppState:
                 except StoreError:
                     return None
             return self._info_store
+
+    def warm_up(self) -> None:
+        """Run the encoder once on a text and a blank photo, so the first visitor does not wait for
+        lazily built inference graphs; nothing when no index is open yet."""
+        with self._lock:
+            searcher = self._searcher
+        if searcher is None:
+            return
+        from PIL import Image
+
+        searcher.encoder.encode_texts(["a photo"])
+        searcher.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
 
     def close(self) -> None:
         with self._lock:
@@ -556,6 +576,7 @@ def build_app(state: AppState) -> gr.Blocks:
                     with gr.Column(scale=2):
                         photo = _pass_unreadable_uploads(gr.Image(
                             label="Upload or paste a photo", type="filepath", sources=["upload", "clipboard"],
+                            image_mode=None,  # the file as uploaded: our loader converts (no re-encode here)
                             height=320, elem_id="photo-input"))
                         photo_k = gr.Slider(1, 50, value=8, step=1, label="Results")
                         photo_rerank = gr.Checkbox(label="Rerank captions", value=False, interactive=has_reranker,
@@ -625,7 +646,7 @@ def build_app(state: AppState) -> gr.Blocks:
 
         search_outputs = [results, status, hits_json, hits_state, detail]
         gr.on([query.submit, search_btn.click], do_search, [query, k, min_score, rerank], search_outputs,
-              api_name="search", concurrency_limit=4)
+              api_name="search", concurrency_limit=QUERY_CONCURRENCY, concurrency_id="query")
 
         def rerun_search(q: str, top_k: float, threshold: float, use_rerank: bool):
             if not (q or "").strip():  # flipping the switch before searching: nothing to redo
@@ -633,7 +654,7 @@ def build_app(state: AppState) -> gr.Blocks:
             return do_search(q, top_k, threshold, use_rerank)
 
         rerank.input(rerun_search, [query, k, min_score, rerank], search_outputs, api_visibility="private",
-                     concurrency_limit=4)
+                     concurrency_limit=QUERY_CONCURRENCY, concurrency_id="query")
 
         def details_for(path: str):
             r = state.photo(path)
@@ -683,7 +704,8 @@ def build_app(state: AppState) -> gr.Blocks:
             return _msg("ok", note), rows, items
 
         gr.on([photo_btn.click, photo.upload], find_by_photo, [photo, photo_k, photo_rerank],
-              [photo_status, captions_table, similar], api_name="find_by_photo", concurrency_limit=2)
+              [photo_status, captions_table, similar], api_name="find_by_photo",
+              concurrency_limit=QUERY_CONCURRENCY, concurrency_id="query")
         photo.clear(lambda: ("", [], []), None, [photo_status, captions_table, similar], api_visibility="private")
 
         def rerun_find(image_path: str | None, top_k: float, use_rerank: bool):
@@ -692,7 +714,7 @@ def build_app(state: AppState) -> gr.Blocks:
             return find_by_photo(image_path, top_k, use_rerank)
 
         photo_rerank.input(rerun_find, [photo, photo_k, photo_rerank], [photo_status, captions_table, similar],
-                           api_visibility="private", concurrency_limit=2)
+                           api_visibility="private", concurrency_limit=QUERY_CONCURRENCY, concurrency_id="query")
 
         def library_view():
             lib = state.library()
@@ -754,6 +776,9 @@ def launch(demo: gr.Blocks, state: AppState, *, host: str = "127.0.0.1", port: i
            prevent_thread_lock: bool = True, quiet: bool = True):
     """Serve the app: only the indexed folders and thumbnails are servable, uploads are capped, never shared."""
     demo.queue(default_concurrency_limit=2)
+    # Thumbnails are served as static files: gradio then skips copying (and hashing) each one
+    # into its upload cache on every search. The folder holds only thumbnails and previews.
+    gr.set_static_paths([str(state.thumbs.folder)])
     return demo.launch(
         server_name=host,
         server_port=port,

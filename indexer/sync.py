@@ -17,7 +17,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -29,13 +29,23 @@ from retrieval.images import load_image_and_info
 from retrieval.store import FileState, ImageRecord, Store
 
 from .captions import read_manifest, read_sidecar
-from .scan import FileEntry, scan_folder
+from .scan import FileEntry, ScanResult, scan_folder
 
 ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class FolderError(ImgSearchError):
     """The folder to index does not exist or is not a folder."""
+
+
+def check_folder(root: str) -> str:
+    """``root`` as an absolute path, or FolderError when it is not an existing folder."""
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+        raise FolderError(f"not a folder: {root}" if os.path.exists(root) else f"folder not found: {root}")
+    return root
 
 
 @dataclass
@@ -74,18 +84,119 @@ class SyncReport:
 
 
 @dataclass
-class _Loaded:
+class LoadedFile:
+    """One new or changed file, read and hashed, and (for content not yet indexed) decoded.
+
+    New content carries either ``pixels`` (to embed) or a ready ``vector`` (and ``regions``),
+    embedded elsewhere (by a Ray worker, see indexer/distributed.py).
+    """
+
     entry: FileEntry
     hash: str
     pixels: torch.Tensor | None = None  # None when the hash is already known: nothing to decode
     record: ImageRecord | None = None
     description: str | None = None
     error: str | None = None
+    vector: np.ndarray | None = None
+    regions: np.ndarray | None = None
+
+    @property
+    def fresh(self) -> bool:
+        """True when this is content to store (decoded or already embedded), not a known hash."""
+        return self.pixels is not None or self.vector is not None
+
+
+@dataclass
+class SyncPlan:
+    """What a sync found before touching any file content: the scan, the store's view, the work."""
+
+    root: str
+    folder_id: int
+    scan: ScanResult
+    states: dict[str, FileState]
+    old_skips: dict[str, dict]
+    missing: dict[str, FileState]  # indexed paths no longer on disk
+    todo: list[FileEntry]  # new and changed files, in scan (path) order
+    report: SyncReport
+    started: float
 
 
 def file_hash(data: bytes) -> str:
     """Content hash used to recognise moved, renamed and duplicate files."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def read_file(path: str) -> tuple[bytes | None, str | None]:
+    """A file's bytes, or None and the reason it could not be read."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(), None
+    except FileNotFoundError:
+        return None, "file disappeared during indexing"
+    except PermissionError:
+        return None, "permission denied"
+    except OSError as e:
+        return None, f"cannot read file ({e.strerror or e})"
+
+
+def load_file(encoder: Encoder, f: FileEntry, known: dict[str, int] | frozenset = frozenset()) -> LoadedFile:
+    """Read and hash one file; decode and preprocess it unless its hash is ``known``."""
+    data, error = read_file(f.path)
+    if data is None:
+        return LoadedFile(f, "", error=error)
+    digest = file_hash(data)
+    if digest in known:
+        return LoadedFile(f, digest)
+    try:
+        image, info = load_image_and_info(io.BytesIO(data), target_size=encoder.image_size)
+        pixels = encoder.preprocess(image)
+    except ImageLoadError as e:
+        return LoadedFile(f, digest, error=e.reason)
+    record = ImageRecord(path=f.path, size=f.size, mtime_ns=f.mtime_ns, hash=digest, width=info.width,
+                         height=info.height, format=info.format, taken_at=info.taken_at)
+    return LoadedFile(f, digest, pixels=pixels, record=record, description=info.description)
+
+
+def load_ahead(load: Callable[[T], R], items: Iterable[T], workers: int, window: int) -> Iterator[R]:
+    """``load`` over ``items`` in a thread pool, at most ``window`` ahead, yielding results in order."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque[Future[R]] = deque()
+        it = iter(items)
+        for item in it:
+            pending.append(pool.submit(load, item))
+            if len(pending) >= window:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, _END)
+            if nxt is not _END:
+                pending.append(pool.submit(load, nxt))
+            yield result
+
+
+_END = object()
+
+
+def desired_captions(scan: ScanResult) -> tuple[dict[str, set[tuple[str, str]]], list[tuple[str, str]]]:
+    """image path -> {(text, source)} from the scan's sidecars and manifests, and the (path, reason)
+    of caption files that could not be read (or of their bad lines)."""
+    desired: dict[str, set[tuple[str, str]]] = {}
+    errors: list[tuple[str, str]] = []
+    for manifest in scan.manifests:
+        try:
+            caps, bad = read_manifest(manifest)
+        except OSError as e:
+            errors.append((manifest, f"cannot read captions manifest ({e.strerror or e})"))
+            continue
+        errors.extend(bad)
+        for path, texts in caps.items():
+            desired.setdefault(path, set()).update((t, "manifest") for t in texts)
+    for image, sidecar in scan.sidecars.items():
+        try:
+            desired.setdefault(image, set()).update((t, "sidecar") for t in read_sidecar(sidecar))
+        except OSError as e:
+            errors.append((sidecar, f"cannot read caption file ({e.strerror or e})"))
+    return desired, errors
 
 
 class Indexer:
@@ -114,46 +225,56 @@ class Indexer:
 
     def sync(self, root: str, progress: ProgressFn | None = None) -> SyncReport:
         """Bring the index up to date with ``root``: add, update, move and remove."""
-        root = os.path.abspath(os.path.expanduser(root))
-        if not os.path.isdir(root):
-            raise FolderError(f"not a folder: {root}" if os.path.exists(root) else f"folder not found: {root}")
-        started = time.monotonic()
+        root = check_folder(root)
         store = self.store
         store.acquire_writer_lock()
         try:
-            store.bind_encoder(self.encoder.spec, self.encoder.fingerprint, self.encoder.dim,
-                               region_key=self.region_key)
-            folder_id = store.add_folder(root)
-            report = SyncReport(root=root)
-            scan = scan_folder(root, skip_dirs=(str(store.data_dir),))
-            report.skipped.extend(scan.errors)
-            states = store.file_states(folder_id)
-            old_skips = store.skipped(folder_id)
-            seen = {f.path for f in scan.files}
-            missing = {p: s for p, s in states.items() if p not in seen}
-
-            todo: list[FileEntry] = []
-            for f in scan.files:
-                st = states.get(f.path)
-                if st is not None and (st.size, st.mtime_ns) == (f.size, f.mtime_ns):
-                    report.unchanged += 1
-                    continue
-                skip = old_skips.get(f.path)
-                if st is None and skip and (skip["size"], skip["mtime_ns"]) == (f.size, f.mtime_ns):
-                    report.skipped.append((f.path, skip["reason"]))  # failed before, unchanged since
-                    continue
-                todo.append(f)
-
-            self._process(folder_id, todo, states, missing, report, progress)
-            store.forget_skips(p for p in old_skips if not os.path.lexists(p))
-            report.removed = store.remove_images(s.id for s in missing.values())
-            self._sync_captions(folder_id, scan, report)
-            store.mark_folder_indexed(folder_id)
-            store.save_indexes()
-            report.seconds = time.monotonic() - started
-            return report
+            return self.apply(self.plan(root), progress)
         finally:
             store.release_writer_lock()
+
+    def plan(self, root: str) -> SyncPlan:
+        """Scan ``root`` and compare it with the store: what is unchanged, new, changed or gone.
+
+        Binds the encoder and registers the folder; the caller holds the writer lock until ``apply``.
+        """
+        started = time.monotonic()
+        root = check_folder(root)
+        store = self.store
+        store.bind_encoder(self.encoder.spec, self.encoder.fingerprint, self.encoder.dim, region_key=self.region_key)
+        folder_id = store.add_folder(root)
+        report = SyncReport(root=root)
+        scan = scan_folder(root, skip_dirs=(str(store.data_dir),))
+        report.skipped.extend(scan.errors)
+        states = store.file_states(folder_id)
+        old_skips = store.skipped(folder_id)
+        seen = {f.path for f in scan.files}
+        missing = {p: s for p, s in states.items() if p not in seen}
+
+        todo: list[FileEntry] = []
+        for f in scan.files:
+            st = states.get(f.path)
+            if st is not None and (st.size, st.mtime_ns) == (f.size, f.mtime_ns):
+                report.unchanged += 1
+                continue
+            skip = old_skips.get(f.path)
+            if st is None and skip and (skip["size"], skip["mtime_ns"]) == (f.size, f.mtime_ns):
+                report.skipped.append((f.path, skip["reason"]))  # failed before, unchanged since
+                continue
+            todo.append(f)
+        return SyncPlan(root, folder_id, scan, states, old_skips, missing, todo, report, started)
+
+    def apply(self, plan: SyncPlan, progress: ProgressFn | None = None) -> SyncReport:
+        """Store the new and changed files, sweep the gone ones, sync captions and save the indexes."""
+        store, report = self.store, plan.report
+        self._process(plan.folder_id, plan.todo, plan.states, plan.missing, report, progress)
+        store.forget_skips(p for p in plan.old_skips if not os.path.lexists(p))
+        report.removed = store.remove_images(s.id for s in plan.missing.values())
+        self._sync_captions(plan.folder_id, plan.scan, report)
+        store.mark_folder_indexed(plan.folder_id)
+        store.save_indexes()
+        report.seconds = time.monotonic() - plan.started
+        return report
 
     # -- new and changed files ---------------------------------------------------------------
 
@@ -166,7 +287,7 @@ class Indexer:
         missing_by_hash: dict[str, list[FileState]] = {}
         for st in missing.values():
             missing_by_hash.setdefault(st.hash, []).append(st)
-        batch: list[_Loaded] = []
+        batch: list[LoadedFile] = []
         bar = tqdm(total=len(todo), desc="indexing", unit="photo", file=sys.stderr,
                    disable=not self.show_progress, dynamic_ncols=True)
         done = 0
@@ -176,7 +297,7 @@ class Indexer:
             if item.error is not None:
                 report.skipped.append((f.path, item.error))
                 store.record_skip(folder_id, f.path, item.error, f.size, f.mtime_ns)
-            elif item.pixels is None or item.hash in known:
+            elif not item.fresh or item.hash in known:
                 if known.get(item.hash) == -1:  # same new content twice in this run: embed it once
                     self._flush(folder_id, batch, states, known, report)
                     batch = []
@@ -195,48 +316,12 @@ class Indexer:
             self._flush(folder_id, batch, states, known, report)
         bar.close()
 
-    def _load_all(self, todo: list[FileEntry], known: dict[str, int]) -> Iterator[_Loaded]:
+    def _load_all(self, todo: list[FileEntry], known: dict[str, int]) -> Iterator[LoadedFile]:
         """Read, hash and (for unseen content) decode files in a thread pool, in order."""
-        size = self.encoder.image_size
-
-        def load(f: FileEntry) -> _Loaded:
-            try:
-                with open(f.path, "rb") as fh:
-                    data = fh.read()
-            except FileNotFoundError:
-                return _Loaded(f, "", error="file disappeared during indexing")
-            except PermissionError:
-                return _Loaded(f, "", error="permission denied")
-            except OSError as e:
-                return _Loaded(f, "", error=f"cannot read file ({e.strerror or e})")
-            digest = file_hash(data)
-            if digest in known:
-                return _Loaded(f, digest)
-            try:
-                image, info = load_image_and_info(io.BytesIO(data), target_size=size)
-                pixels = self.encoder.preprocess(image)
-            except ImageLoadError as e:
-                return _Loaded(f, digest, error=e.reason)
-            record = ImageRecord(path=f.path, size=f.size, mtime_ns=f.mtime_ns, hash=digest, width=info.width,
-                                 height=info.height, format=info.format, taken_at=info.taken_at)
-            return _Loaded(f, digest, pixels=pixels, record=record, description=info.description)
-
         window = max(2 * self.batch_size, 4 * self.workers)
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode") as pool:
-            pending: deque[Future[_Loaded]] = deque()
-            it = iter(todo)
-            for f in it:
-                pending.append(pool.submit(load, f))
-                if len(pending) >= window:
-                    break
-            while pending:
-                item = pending.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append(pool.submit(load, nxt))
-                yield item
+        return load_ahead(lambda f: load_file(self.encoder, f, known), todo, self.workers, window)
 
-    def _reuse(self, folder_id: int, item: _Loaded, old: FileState | None, known: dict[str, int],
+    def _reuse(self, folder_id: int, item: LoadedFile, old: FileState | None, known: dict[str, int],
                missing_by_hash: dict[str, list[FileState]], missing: dict[str, FileState], report: SyncReport) -> None:
         """A file whose content the store already holds: touched, moved, or a duplicate."""
         f, store = item.entry, self.store
@@ -261,19 +346,14 @@ class Indexer:
         else:
             report.duplicates += 1
 
-    def _flush(self, folder_id: int, batch: list[_Loaded], states: dict[str, FileState], known: dict[str, int],
+    def _flush(self, folder_id: int, batch: list[LoadedFile], states: dict[str, FileState], known: dict[str, int],
                report: SyncReport) -> None:
         """Embed a batch of decoded images and store them, with their regions and EXIF captions, in one
         transaction."""
-        pixels = torch.stack([b.pixels for b in batch])
-        regions = None
-        if self.region_key:
-            vectors, regions = self.encoder.encode_pixels_with_regions(pixels)
-        else:
-            vectors = self.encoder.encode_pixels(pixels)
+        vectors, regions = self._embed(batch)
         descriptions = [b.description for b in batch]
         texts = sorted({d for d in descriptions if d})
-        text_vecs = dict(zip(texts, self.encoder.encode_texts(texts))) if texts else {}
+        text_vecs = dict(zip(texts, self._encode_texts(texts))) if texts else {}
         with self.store.transaction(tracked=True):
             ids = self.store.add_images(folder_id, [b.record for b in batch], vectors, regions)
             items = [(i, d, "exif") for i, d in zip(ids, descriptions) if d]
@@ -288,25 +368,23 @@ class Indexer:
         report.embedded += len(batch)
         report.captions_added += len(items)
 
+    def _embed(self, batch: list[LoadedFile]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Vectors (n, dim) of a batch of decoded images, and their regions (n, R, C) when stored."""
+        pixels = torch.stack([b.pixels for b in batch])
+        if self.region_key:
+            return self.encoder.encode_pixels_with_regions(pixels)
+        return self.encoder.encode_pixels(pixels), None
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Vectors of caption texts (n, dim)."""
+        return self.encoder.encode_texts(texts)
+
     # -- captions from sidecars and manifests -------------------------------------------------
 
     def _sync_captions(self, folder_id: int, scan, report: SyncReport) -> None:
         """Make stored sidecar/manifest captions equal those on disk, embedding only new texts."""
-        desired: dict[str, set[tuple[str, str]]] = {}
-        for manifest in scan.manifests:
-            try:
-                caps, errors = read_manifest(manifest)
-            except OSError as e:
-                report.skipped.append((manifest, f"cannot read captions manifest ({e.strerror or e})"))
-                continue
-            report.skipped.extend(errors)
-            for path, texts in caps.items():
-                desired.setdefault(path, set()).update((t, "manifest") for t in texts)
-        for image, sidecar in scan.sidecars.items():
-            try:
-                desired.setdefault(image, set()).update((t, "sidecar") for t in read_sidecar(sidecar))
-            except OSError as e:
-                report.skipped.append((sidecar, f"cannot read caption file ({e.strerror or e})"))
+        desired, errors = desired_captions(scan)
+        report.skipped.extend(errors)
         stored = self.store.folder_captions(folder_id)
         if not desired and not any(src != "exif" for caps in stored.values() for _, src in caps):
             return  # no caption files, none stored: nothing to compare (a second 100k-row read saved)
@@ -325,6 +403,6 @@ class Indexer:
         vecs = self.store.caption_vectors_for_texts(texts)
         new = [t for t in texts if t not in vecs]
         if new:
-            vecs.update(zip(new, self.encoder.encode_texts(new)))
+            vecs.update(zip(new, self._encode_texts(new)))
         self.store.add_captions(to_add, np.stack([vecs[t] for _, t, _ in to_add]))
         report.captions_added += len(to_add)

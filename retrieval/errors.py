@@ -42,3 +42,7 @@ class EmptyIndexError(StoreError):
 
 class DatasetError(ImgSearchError):
     """A dataset folder is not in the expected images/ + captions.jsonl layout."""
+
+
+class DistributedIndexError(ImgSearchError):
+    """Distributed indexing cannot run (Ray missing or unreachable) or lost shards it could not redo."""

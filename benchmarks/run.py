@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FLICKR = Path(os.environ.get("IMGSEARCH_FLICKR8K", REPO.parent / "shared" / "data" / "flickr8k"))
 DEFAULT_CACHE = Path(os.environ.get("IMGSEARCH_BENCH_CACHE", "/tmp/imgsearch-bench"))
 BENCHES = ("model", "index224", "index12mp", "query", "reindex", "rerank")
+OPTIONAL_BENCHES = ("ray",)  # run only when named in --only (starts a Ray runtime; needs imgsearch[ray])
 
 
 @dataclass
@@ -36,6 +37,10 @@ class BenchConfig:
     rerank_model: str = "default"
     rerank_k: int = 20
     rerank_photos: int = 256
+    ray_photos: int = 256
+    ray_workers: int | None = None
+    ray_shard_size: int = 32
+    ray_address: str | None = None
     flickr_dir: Path = DEFAULT_FLICKR
     cache_dir: Path = DEFAULT_CACHE
     extra: dict = field(default_factory=dict)
@@ -49,6 +54,7 @@ class BenchConfig:
         self.photos_224, self.photos_12mp, self.model_photos = 16, 8, 32
         self.reindex_files = 2_000
         self.rerank_photos = 32
+        self.ray_photos, self.ray_shard_size = 16, 4
 
 
 def run(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
@@ -59,7 +65,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
                  "load_average_1m": os.getloadavg()[0]}
     t_all = time.perf_counter()
     encoder = None
-    if {"model", "index224", "index12mp", "rerank"} & set(cfg.only) or cfg.dim is None:
+    if {"model", "index224", "index12mp", "rerank", "ray"} & set(cfg.only) or cfg.dim is None:
         from retrieval.encoders import create_encoder
 
         t = time.perf_counter()
@@ -155,6 +161,13 @@ def run(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         shutil.rmtree(data_dir, ignore_errors=True)
         log(f"rerank latency: top {cfg.rerank_k} of {cfg.rerank_photos} indexed photos, {cfg.rerank_model}")
         res.update(rerank_latency(encoder, cfg.rerank_model, folder, data_dir, cfg.rerank_k, log))
+    if "ray" in cfg.only:
+        from .indexing import photo_set
+        from .ray_indexing import ray_vs_local
+
+        folder = photo_set("224", cfg.ray_photos, cfg.flickr_dir, cfg.cache_dir, log)
+        res.update(ray_vs_local(encoder, folder, workers=cfg.ray_workers, shard_size=cfg.ray_shard_size,
+                                batch_size=cfg.batch_size, address=cfg.ray_address, log=log))
     res["load_average_1m_end"] = os.getloadavg()[0]
     res["bench_seconds"] = time.perf_counter() - t_all
     return res

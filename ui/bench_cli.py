@@ -15,12 +15,13 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def register(sub, common) -> None:
-    from benchmarks.run import BENCHES, DEFAULT_CACHE, DEFAULT_FLICKR
+    from benchmarks.run import BENCHES, DEFAULT_CACHE, DEFAULT_FLICKR, OPTIONAL_BENCHES
 
     p = sub.add_parser("bench", help="measure indexing throughput, query latency/recall and reindex time")
     common(p, "encoder spec to benchmark (default: default)")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test in seconds, not a measurement)")
-    p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(BENCHES)}")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(BENCHES)} "
+                                                f"(and {', '.join(OPTIONAL_BENCHES)}, run only when named)")
     p.add_argument("--sizes", type=_ints, default=None, help="query bench index sizes (default 10000,100000,1000000)")
     p.add_argument("--index-types", default=None, help="comma-separated: flat,hnsw,ivf (default flat,hnsw)")
     p.add_argument("--ef", type=_ints, default=None, help="HNSW efSearch values to try (default 32,64,128,256)")
@@ -32,6 +33,10 @@ def register(sub, common) -> None:
     p.add_argument("--reindex-files", type=int, default=None)
     p.add_argument("--rerank-model", default="default", metavar="SPEC", help="reranker for the rerank bench")
     p.add_argument("--rerank-k", type=int, default=20, help="candidates reranked per query in the rerank bench")
+    p.add_argument("--ray-photos", type=int, default=None, help="photos for the ray bench (default 256)")
+    p.add_argument("--ray-workers", type=int, default=None, help="Ray workers for the ray bench (default: one per core)")
+    p.add_argument("--ray-shard-size", type=int, default=None, help="files per shard in the ray bench (default 32)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster for the ray bench (default: a local Ray runtime)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decode threads (default: the indexer's)")
     p.add_argument("--flickr", type=Path, default=DEFAULT_FLICKR, help="Flickr8k folder (read only)")
@@ -41,7 +46,7 @@ def register(sub, common) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.run import BENCHES, BenchConfig, run, table
+    from benchmarks.run import BENCHES, OPTIONAL_BENCHES, BenchConfig, run, table
     from ui.cli import UsageError, emit_json, log, out
 
     cfg = BenchConfig(model=args.model or "default", device=args.device, dim=args.dim, data=args.data,
@@ -51,9 +56,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cfg.quicken()
     if args.only:
         only = tuple(x.strip() for x in args.only.split(",") if x.strip())
-        bad = [x for x in only if x not in BENCHES]
+        bad = [x for x in only if x not in BENCHES + OPTIONAL_BENCHES]
         if bad:
-            raise UsageError(f"unknown benchmark(s) {', '.join(bad)} (choose from {', '.join(BENCHES)})")
+            raise UsageError(f"unknown benchmark(s) {', '.join(bad)} "
+                             f"(choose from {', '.join(BENCHES + OPTIONAL_BENCHES)})")
         cfg.only = only
     if args.sizes:
         cfg.sizes = args.sizes
@@ -61,7 +67,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cfg.index_types = tuple(x.strip() for x in args.index_types.split(",") if x.strip())
     if args.ef:
         cfg.ef_values = args.ef
-    for name in ("photos_12mp", "photos_224", "reindex_files"):
+    cfg.ray_workers, cfg.ray_address = args.ray_workers, args.ray_address
+    for name in ("photos_12mp", "photos_224", "reindex_files", "ray_photos", "ray_shard_size"):
         if getattr(args, name):
             setattr(cfg, name, getattr(args, name))
     res = run(cfg, log)

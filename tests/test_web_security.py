@@ -99,6 +99,18 @@ def test_indexed_photos_and_thumbnails_are_served(server):
     assert server.raw_get(file_url(str(thumb))) == 200
 
 
+def test_thumbnail_folder_serves_no_links_out(server):
+    """Thumbnails are gradio static files; a link planted in their folder is still resolved and refused."""
+    folder = server.state.thumbs.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "planted.jpg"
+    os.symlink("/etc/passwd", link)
+    try:
+        assert server.raw_get(file_url(str(link))) == 403
+    finally:
+        link.unlink()
+
+
 @pytest.mark.parametrize("target", [
     "/gradio_api/file=../../../../../../etc/passwd",
     "/gradio_api/file=%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd",
@@ -145,7 +157,8 @@ def test_auth_refuses_before_login_and_serves_after(tmp_path):
     s = Server(tmp_path, auth=("alice", "s3cret"))
     try:
         photo = file_url(str(s.photos / "p1.png"))
-        for target in ("/config", "/gradio_api/info", photo):
+        thumb = file_url(s.state.thumbnail(s.state.search("anything", k=1)[0]))  # a static file
+        for target in ("/config", "/gradio_api/info", photo, thumb):
             assert s.raw_get(target) == 401, target
         r = httpx.post(s.url + "/gradio_api/call/search", json={"data": ["x", 5, 0, False]})
         assert r.status_code == 401
@@ -160,6 +173,7 @@ def test_auth_refuses_before_login_and_serves_after(tmp_path):
             assert c.post("/login", data={"username": "alice", "password": "s3cret"}).status_code == 200
             assert c.get("/config").status_code == 200
             assert c.get(photo).status_code == 200
+            assert c.get(thumb).status_code == 200
             assert c.get(file_url("/etc/passwd")).status_code == 403  # signed in is not a licence to roam
         client = Client(s.url + "/", auth=("alice", "s3cret"), verbose=False)
         _, _, hits = client.predict("anything", 3, 0.0, False, api_name="/search")

@@ -128,6 +128,29 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # enums (resampling modes) and the like
 
 
+def finish_loading(spec: str, source: str, kwargs: dict[str, Any], model: Any, device: torch.device,
+                   image_processor: Any = None, tokenizer: Any = None) -> tuple[Any, Any, Any]:
+    """(model on ``device`` in eval mode, image processor, tokenizer) of a checkpoint at ``source``: the
+    processor and tokenizer loaded unless given; EncoderSpecError saying which part is unusable."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    if image_processor is None:
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(source, **kwargs)
+        except Exception as exc:
+            raise EncoderSpecError(f"cannot load {spec} — no usable image processor: {_one_line(exc)}") from None
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        except Exception as exc:
+            raise EncoderSpecError(f"cannot load {spec} — no usable tokenizer: {_one_line(exc)}") from None
+    try:
+        model = model.to(device).eval()
+    except Exception as exc:
+        raise EncoderSpecError(f"cannot load {spec} — cannot move the model to {device}: {_one_line(exc)}") from None
+    return model, image_processor, tokenizer
+
+
 def resolve_target(prefix: str, name: str, local_files_only: bool | None) -> tuple[str, bool, bool]:
     """(source to load, whether it is a local folder, offline) for a ``prefix:<hub id or folder>`` spec.
 
@@ -183,7 +206,7 @@ class HFDualEncoder(EncoderBase):
     # ------------------------------------------------------------------ loading
     def _load(self, source: str, is_dir: bool, offline: bool) -> tuple[Any, Any, Any]:
         try:
-            from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+            from transformers import AutoModel
         except Exception as exc:  # pragma: no cover - broken install
             raise EncoderSpecError(f"cannot load {self.spec} — transformers unavailable: {_one_line(exc)}") from None
 
@@ -203,20 +226,7 @@ class HFDualEncoder(EncoderBase):
             raise EncoderSpecError(
                 f"cannot load {self.spec} — {type(model).__name__} is not an image-text dual encoder "
                 "(no get_image_features/get_text_features)")
-        try:
-            image_processor = AutoImageProcessor.from_pretrained(source, **kwargs)
-        except Exception as exc:
-            raise EncoderSpecError(f"cannot load {self.spec} — no usable image processor: {_one_line(exc)}") from None
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        except Exception as exc:
-            raise EncoderSpecError(f"cannot load {self.spec} — no usable tokenizer: {_one_line(exc)}") from None
-        try:
-            model = model.to(self.device).eval()
-        except Exception as exc:
-            raise EncoderSpecError(f"cannot load {self.spec} — cannot move the model to {self.device}: "
-                                   f"{_one_line(exc)}") from None
-        return model, image_processor, tokenizer
+        return finish_loading(self.spec, source, kwargs, model, self.device)
 
     @staticmethod
     def _patch_layout(model: Any, image_processor: Any) -> tuple[int | None, int | None]:

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from ..encoders.base import batched, pick_device, state_digest
-from ..encoders.hf import _IMAGE_KEYS, _SANE_MAX_LENGTH, _jsonable, _one_line, _quiet, resolve_target
+from ..encoders.hf import (_IMAGE_KEYS, _SANE_MAX_LENGTH, _jsonable, _one_line, _quiet, finish_loading,
+                           resolve_target)
 from ..errors import EncoderSpecError
 
 PREFIX = "hf-blip:"
@@ -54,8 +55,7 @@ class BlipReranker:
     # ------------------------------------------------------------------ loading
     def _load(self, source: str, is_dir: bool, offline: bool) -> tuple[Any, Any, Any]:
         try:
-            from transformers import (AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer,
-                                      BlipForImageTextRetrieval)
+            from transformers import AutoConfig, AutoProcessor, BlipForImageTextRetrieval
         except Exception as exc:  # pragma: no cover - broken install
             raise EncoderSpecError(f"cannot load {self.spec} — transformers unavailable: {_one_line(exc)}") from None
 
@@ -92,23 +92,7 @@ class BlipReranker:
             tokenizer = getattr(processor, "tokenizer", None)
         except Exception:
             pass
-        if image_processor is None:
-            try:
-                image_processor = AutoImageProcessor.from_pretrained(source, **kwargs)
-            except Exception as exc:
-                raise EncoderSpecError(f"cannot load {self.spec} — no usable image processor: "
-                                       f"{_one_line(exc)}") from None
-        if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            except Exception as exc:
-                raise EncoderSpecError(f"cannot load {self.spec} — no usable tokenizer: {_one_line(exc)}") from None
-        try:
-            model = model.to(self.device).eval()
-        except Exception as exc:
-            raise EncoderSpecError(f"cannot load {self.spec} — cannot move the model to {self.device}: "
-                                   f"{_one_line(exc)}") from None
-        return model, image_processor, tokenizer
+        return finish_loading(self.spec, source, kwargs, model, self.device, image_processor, tokenizer)
 
     def _pick_max_length(self) -> int:
         lengths = []

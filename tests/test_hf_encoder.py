@@ -307,6 +307,18 @@ def test_unknown_hub_id_offline_raises():
     assert "\n" not in str(info.value)
 
 
+def test_folder_without_image_processor_or_with_a_broken_tokenizer_says_which(tiny_models, tmp_path):
+    no_processor, bad_tokenizer = tmp_path / "no_processor", tmp_path / "bad_tokenizer"
+    shutil.copytree(tiny_models["clip"], no_processor)
+    (no_processor / "preprocessor_config.json").unlink()
+    shutil.copytree(tiny_models["clip"], bad_tokenizer)
+    (bad_tokenizer / "tokenizer.json").write_text("{ not json")
+    for folder, message in ((no_processor, "no usable image processor"), (bad_tokenizer, "no usable tokenizer")):
+        with pytest.raises(EncoderSpecError, match=message) as info:
+            HFDualEncoder(str(folder), device="cpu")
+        assert "\n" not in str(info.value)
+
+
 def test_non_dual_encoder_raises(tmp_path):
     from transformers import BertConfig, BertModel
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
+from typing import TypeVar
 
 import torch
 
 from .errors import WeightsError
+
+C = TypeVar("C")
 
 
 def read_json_config(path: str, what: str) -> dict:
@@ -22,6 +26,21 @@ def read_json_config(path: str, what: str) -> dict:
     if not isinstance(data, dict):
         raise WeightsError(f"{what} config {path} is not a JSON object")
     return data
+
+
+def config_from_dict(cls: type[C], data: dict, what: str, version: int) -> C:
+    """A config dataclass from its JSON object: unknown keys, bad values and other format versions refused."""
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})  # type: ignore[arg-type]
+    if unknown:
+        raise WeightsError(f"{what} config has unknown keys: {', '.join(unknown)}")
+    try:
+        cfg = cls(**data)
+    except TypeError as e:
+        raise WeightsError(f"{what} config is malformed: {e}") from None
+    found = getattr(cfg, "format_version", None)
+    if found != version:
+        raise WeightsError(f"{what} format version {found} is not supported (expected {version})")
+    return cfg
 
 
 def load_weights_into(module: torch.nn.Module, path: str, what: str) -> None:

@@ -244,3 +244,18 @@ def test_train_cli_json(tmp_path, tiny_features, capsys):
     enc = create_encoder(f"heads:{out}")
     assert enc.config.image_inputs == ["pooled", "bridge"] and enc.config.text_inputs == ["minilm", "cls"]
     assert enc.encode_texts(["a dog"]).shape[1] == enc.dim
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "blue"}, "heads config has unknown keys: colour"),
+    ({"format_version": 99}, "heads format version 99 is not supported"),
+    ({"blend": 1.5}, "blend must be in [0, 1]"),
+])
+def test_heads_config_refuses_unknown_keys_other_versions_and_bad_values(change, message):
+    from dataclasses import asdict
+
+    data = {**asdict(_small_config()), **change}
+    with pytest.raises(WeightsError) as info:
+        HeadsConfig.from_dict(data)
+    assert message in str(info.value)
+

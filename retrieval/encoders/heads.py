@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import WeightsError
-from ..weights_io import load_weights_into, read_json_config
+from ..weights_io import config_from_dict, load_weights_into, read_json_config
 from .base import EncoderBase, state_digest
 
 WEIGHTS_FILE = "heads.safetensors"
@@ -59,13 +59,7 @@ class HeadsConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "HeadsConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise WeightsError(f"heads config has unknown keys: {', '.join(unknown)}")
-        cfg = cls(**data)
-        if cfg.format_version != FORMAT_VERSION:
-            raise WeightsError(f"heads format version {cfg.format_version} is not supported (expected {FORMAT_VERSION})")
+        cfg = config_from_dict(cls, data, "heads", FORMAT_VERSION)
         if not 0.0 <= cfg.blend <= 1.0:
             raise WeightsError(f"heads config blend must be in [0, 1], got {cfg.blend}")
         return cfg

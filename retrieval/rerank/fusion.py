@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..encoders.base import state_digest
 from ..errors import WeightsError
-from ..weights_io import load_weights_into, read_json_config
+from ..weights_io import config_from_dict, load_weights_into, read_json_config
 
 WEIGHTS_FILE = "reranker.safetensors"
 CONFIG_FILE = "reranker.json"
@@ -59,17 +59,7 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FusionConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise WeightsError(f"reranker config has unknown keys: {', '.join(unknown)}")
-        try:
-            cfg = cls(**data)
-        except TypeError as e:
-            raise WeightsError(f"reranker config is malformed: {e}") from None
-        if cfg.format_version != FORMAT_VERSION:
-            raise WeightsError(f"reranker format version {cfg.format_version} is not supported "
-                               f"(expected {FORMAT_VERSION})")
+        cfg = config_from_dict(cls, data, "reranker", FORMAT_VERSION)
         if cfg.width % cfg.heads:
             raise WeightsError(f"reranker width {cfg.width} is not a multiple of heads {cfg.heads}")
         return cfg

@@ -128,6 +128,18 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # enums (resampling modes) and the like
 
 
+def preprocessing_config(image_processor: Any, tokenizer: Any, max_length: int, *,
+                         image_extra: dict[str, Any] | None = None,
+                         text_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint's processor and tokenizer do to their inputs, as JSON-able data (part of the fingerprint)."""
+    image = {key: _jsonable(getattr(image_processor, key)) for key in _IMAGE_KEYS if hasattr(image_processor, key)}
+    image["class"] = type(image_processor).__name__
+    image.update(image_extra or {})
+    text = {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer), "max_length": max_length,
+            "lowercase": _jsonable(getattr(tokenizer, "do_lower_case", None)), **(text_extra or {})}
+    return {"image": image, "text": text}
+
+
 def finish_loading(spec: str, source: str, kwargs: dict[str, Any], model: Any, device: torch.device,
                    image_processor: Any = None, tokenizer: Any = None) -> tuple[Any, Any, Any]:
     """(model on ``device`` in eval mode, image processor, tokenizer) of a checkpoint at ``source``: the
@@ -294,20 +306,8 @@ class HFDualEncoder(EncoderBase):
         return int(self._encode_text_batch([""]).shape[1])  # pragma: no cover - exotic configs
 
     def _preprocessing_config(self) -> dict[str, Any]:
-        ip = self.image_processor
-        image = {key: _jsonable(getattr(ip, key)) for key in _IMAGE_KEYS if hasattr(ip, key)}
-        image["class"] = type(ip).__name__
-        image["image_size"] = self.image_size
-        return {
-            "image": image,
-            "text": {
-                "class": type(self.tokenizer).__name__,
-                "vocab_size": len(self.tokenizer),
-                "max_length": self.max_length,
-                "padding": self.padding,
-                "lowercase": _jsonable(getattr(self.tokenizer, "do_lower_case", None)),
-            },
-        }
+        return preprocessing_config(self.image_processor, self.tokenizer, self.max_length,
+                                    image_extra={"image_size": self.image_size}, text_extra={"padding": self.padding})
 
     # ------------------------------------------------------------------ images
     def preprocess(self, image: Image.Image) -> torch.Tensor:

@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 
 from ..encoders.base import batched, pick_device, state_digest
-from ..encoders.hf import (_IMAGE_KEYS, _SANE_MAX_LENGTH, _jsonable, _one_line, _quiet, finish_loading,
-                           resolve_target)
+from ..encoders.hf import _SANE_MAX_LENGTH, _one_line, _quiet, finish_loading, preprocessing_config, resolve_target
 from ..errors import EncoderSpecError
 
 PREFIX = "hf-blip:"
@@ -105,18 +104,7 @@ class BlipReranker:
         return min(lengths) if lengths else 512
 
     def _preprocessing_config(self) -> dict[str, Any]:
-        ip = self.image_processor
-        image = {key: _jsonable(getattr(ip, key)) for key in _IMAGE_KEYS if hasattr(ip, key)}
-        image["class"] = type(ip).__name__
-        return {
-            "image": image,
-            "text": {
-                "class": type(self.tokenizer).__name__,
-                "vocab_size": len(self.tokenizer),
-                "max_length": self.max_length,
-                "lowercase": _jsonable(getattr(self.tokenizer, "do_lower_case", None)),
-            },
-        }
+        return preprocessing_config(self.image_processor, self.tokenizer, self.max_length)
 
     # ------------------------------------------------------------------ regions
     def encode_regions(self, images: Sequence[Image.Image]) -> np.ndarray:

@@ -47,7 +47,7 @@ from retrieval.store import ImageRecord, Store
 
 from .scan import FileEntry
 from .sync import (Indexer, LoadedFile, ProgressFn, SyncPlan, SyncReport, check_folder, desired_captions,
-                   load_ahead, load_file)
+                   embed_pixels, load_ahead, load_file)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -224,11 +224,7 @@ def embed_shard(encoder: Encoder, shard: Shard, *, regions: bool, batch_size: in
     def flush() -> None:
         import torch
 
-        pixels = torch.stack([items[i].pixels for i in batch])
-        if regions:
-            vecs, regs = encoder.encode_pixels_with_regions(pixels)
-        else:
-            vecs, regs = encoder.encode_pixels(pixels), None
+        vecs, regs = embed_pixels(encoder, torch.stack([items[i].pixels for i in batch]), regions=regions)
         for j, i in enumerate(batch):
             vectors[i] = np.asarray(vecs[j], dtype=np.float32)
             region_rows[i] = None if regs is None else np.asarray(regs[j])

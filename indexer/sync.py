@@ -157,6 +157,13 @@ def load_file(encoder: Encoder, f: FileEntry, known: dict[str, int] | frozenset 
     return LoadedFile(f, digest, pixels=pixels, record=record, description=info.description)
 
 
+def embed_pixels(encoder: Encoder, pixels: torch.Tensor, *, regions: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Vectors (n, dim) of preprocessed images, and (with ``regions``) their region features from the same pass."""
+    if regions:
+        return encoder.encode_pixels_with_regions(pixels)
+    return encoder.encode_pixels(pixels), None
+
+
 def load_ahead(load: Callable[[T], R], items: Iterable[T], workers: int, window: int) -> Iterator[R]:
     """``load`` over ``items`` in a thread pool, at most ``window`` ahead, yielding results in order."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
@@ -370,10 +377,7 @@ class Indexer:
 
     def _embed(self, batch: list[LoadedFile]) -> tuple[np.ndarray, np.ndarray | None]:
         """Vectors (n, dim) of a batch of decoded images, and their regions (n, R, C) when stored."""
-        pixels = torch.stack([b.pixels for b in batch])
-        if self.region_key:
-            return self.encoder.encode_pixels_with_regions(pixels)
-        return self.encoder.encode_pixels(pixels), None
+        return embed_pixels(self.encoder, torch.stack([b.pixels for b in batch]), regions=bool(self.region_key))
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         """Vectors of caption texts (n, dim)."""

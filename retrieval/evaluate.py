@@ -160,23 +160,34 @@ class EvalResult:
 
 
 def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True, reranker=None,
-             rerank_k: int = 20) -> EvalResult:
+             rerank_k: int = 20, tune_alpha: bool = False) -> EvalResult:
     """Embed a dataset with ``encoder`` and measure recall@1/5/10 both ways.
 
     With a ``reranker`` the top ``rerank_k`` of every query are reranked (at the reranker's own
     alpha); the result holds the reranked recall, and ``without_rerank`` the recall of the same
-    candidates without it.
+    candidates without it. ``tune_alpha``: use, per direction, the alpha that scores best here
+    (reported with the recall of every alpha tried) instead of the reranker's own.
+    An encoder with a hubness correction is measured with it, as it searches.
     """
+    from .encoders.hubness import corrected_similarity
+
+    hub = getattr(encoder, "hubness", None)
+    extra = {"hubness": hub.describe()} if hub is not None else {}
     if reranker is None:
         image_vecs = embed_image_files(encoder, dataset.images, show_progress=show_progress)
         text_vecs = encoder.encode_texts(dataset.captions)
-        r = recall_at_k(image_vecs, text_vecs, dataset.caption_image)
-        return EvalResult(r["text_to_image"], r["image_to_text"], len(dataset.images), len(dataset.captions))
+        if hub is None:
+            r = recall_at_k(image_vecs, text_vecs, dataset.caption_image)
+        else:
+            t2i, i2t = corrected_similarity(text_vecs @ image_vecs.T, hub, image_vecs, text_vecs)
+            r = {"text_to_image": recall_from_similarity(t2i, dataset.caption_image)["text_to_image"],
+                 "image_to_text": recall_from_similarity(i2t, dataset.caption_image)["image_to_text"]}
+        return EvalResult(r["text_to_image"], r["image_to_text"], len(dataset.images), len(dataset.captions), extra)
     from .rerank.training import reranked_recall
 
     image_vecs, regions = embed_image_files_with_regions(encoder, reranker, dataset.images, show_progress=show_progress)
     text_vecs = encoder.encode_texts(dataset.captions)
-    sims = text_vecs @ image_vecs.T
+    sims, i2t_sims = corrected_similarity(text_vecs @ image_vecs.T, hub, image_vecs, text_vecs)
     bar = tqdm(desc="rerank", unit="query", file=sys.stderr, disable=not show_progress)
 
     def pair_scores(caps: np.ndarray, imgs: np.ndarray) -> np.ndarray:
@@ -192,13 +203,15 @@ def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True, rer
 
     from .rerank.base import caption_alpha_of
 
-    r = reranked_recall(sims, dataset.caption_image, pair_scores, k=rerank_k, fixed_alpha=reranker.alpha,
-                        fixed_caption_alpha=caption_alpha_of(reranker))
+    r = reranked_recall(sims, dataset.caption_image, pair_scores, k=rerank_k,
+                        fixed_alpha=None if tune_alpha else reranker.alpha,
+                        fixed_caption_alpha=None if tune_alpha else caption_alpha_of(reranker), i2t_sims=i2t_sims)
     bar.close()
+    tuned = {"tuned_alpha": True, "by_alpha": r["by_alpha"]} if tune_alpha else {}
     return EvalResult(r["with"]["text_to_image"], r["with"]["image_to_text"], len(dataset.images),
-                      len(dataset.captions), {"without_rerank": r["without"],
-                                              "rerank": {"model": reranker.spec, "k": rerank_k, "alpha": reranker.alpha,
-                                                         "caption_alpha": caption_alpha_of(reranker)}})
+                      len(dataset.captions), {**extra, "without_rerank": r["without"],
+                                              "rerank": {"model": reranker.spec, "k": rerank_k, "alpha": r["alpha"],
+                                                         "caption_alpha": r["caption_alpha"], **tuned}})
 
 
 def embed_image_files_with_regions(encoder: Encoder, reranker, paths: Sequence[str], batch_size: int = 32,

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from .encoders import Encoder, create_encoder
+from .encoders.hubness import CANDIDATES as HUB_CANDIDATES
 from .errors import EmptyIndexError, ImgSearchError
 from .images import load_image
 from .rerank import DEFAULT_RERANK_K, Reranker, fuse
@@ -89,9 +90,9 @@ class Searcher:
         """Images best matching a text query (the top ``rerank_k`` reranked when ``rerank``)."""
         vector = self.embed_text(query)
         if not rerank:
-            return self.images_near(vector, k, min_score)
+            return self.images_near(vector, k, min_score, text_query=True)
         self._need_reranker()
-        hits = self.images_near(vector, max(k, self.rerank_k), min_score)
+        hits = self.images_near(vector, max(k, self.rerank_k), min_score, text_query=True)
         return (self.rerank_images(" ".join(str(query).split())[:MAX_QUERY_CHARS], hits[: self.rerank_k])
                 + hits[self.rerank_k:])[:k]
 
@@ -179,25 +180,47 @@ class Searcher:
         rest = [h for n, h in enumerate(hits) if n not in kept]
         return ranked + rest
 
-    def images_near(self, vector: np.ndarray, k: int = 10, min_score: float | None = None) -> list[Hit]:
-        """Images nearest a query vector."""
-        scores, ids = self.store.search_images(vector[None, :], k)
-        if not (ids[0] >= 0).any() and self.store.count_images() == 0:  # counted only when nothing came back
+    def images_near(self, vector: np.ndarray, k: int = 10, min_score: float | None = None,
+                    text_query: bool = False) -> list[Hit]:
+        """Images nearest a query vector (hubness-corrected for a ``text_query`` where the encoder has it)."""
+        scores, ids = self._nearest("image", vector, k, text_query)
+        if not (ids >= 0).any() and self.store.count_images() == 0:  # counted only when nothing came back
             raise EmptyIndexError(f"the index in {self.store.data_dir} holds no photos yet (run `imgsearch index DIR`)")
-        rows = self.store.images(i for i in ids[0] if i >= 0)
-        return [Hit(rows[i].path, float(s), int(i)) for s, i in zip(scores[0], ids[0])
+        rows = self.store.images(i for i in ids if i >= 0)
+        return [Hit(rows[i].path, float(s), int(i)) for s, i in zip(scores, ids)
                 if i in rows and (min_score is None or s >= min_score)]
 
+    def _nearest(self, kind: str, vector: np.ndarray, k: int, correct: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ids of the k best ``kind`` ("image" or "caption") results for one query vector.
+
+        With the encoder's hubness correction for this kind, the nearest ``CANDIDATES`` (or k) by
+        cosine are rescored (cosine minus the result's penalty) and the best k kept.
+        """
+        hub = getattr(self.encoder, "hubness", None) if correct else None
+        corrects = hub is not None and kind in hub.sides
+        search = self.store.search_images if kind == "image" else self.store.search_captions
+        scores, ids = search(vector[None, :], max(k, HUB_CANDIDATES) if corrects else k)
+        scores, ids = scores[0], ids[0]
+        if not corrects:
+            return scores, ids
+        found = ids >= 0
+        scores, ids = scores[found], ids[found]
+        vectors = self.store.image_vectors(ids) if kind == "image" else self.store.caption_vectors(ids)
+        scores = scores - hub.penalties(kind, vectors)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return scores[order], ids[order]
+
     def captions_near(self, vector: np.ndarray, k: int = 5, min_score: float | None = None) -> list[Hit]:
-        """Captions nearest a query vector, each with the image it belongs to."""
-        scores, ids = self.store.search_captions(vector[None, :], k)
-        if not (ids[0] >= 0).any() and self.store.count_captions() == 0:
+        """Captions nearest a query (image) vector, each with the image it belongs to; hubness-corrected
+        where the encoder has it."""
+        scores, ids = self._nearest("caption", vector, k)
+        if not (ids >= 0).any() and self.store.count_captions() == 0:
             raise EmptyIndexError(f"the index in {self.store.data_dir} holds no captions "
                                   "(add <photo>.txt files or a captions.jsonl, then reindex)")
-        caps = self.store.captions(i for i in ids[0] if i >= 0)
+        caps = self.store.captions(i for i in ids if i >= 0)
         rows = self.store.images(c.image_id for c in caps.values())
         hits = []
-        for s, i in zip(scores[0], ids[0]):
+        for s, i in zip(scores, ids):
             c = caps.get(int(i))
             if c is None or c.image_id not in rows or (min_score is not None and s < min_score):
                 continue

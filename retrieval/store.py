@@ -833,7 +833,8 @@ class Store:
         t = image_vectors_table.c
         with self._connect() as conn:
             for i in range(0, len(ids), 500):
-                for iid, blob in conn.execute(sa.select(t.image_id, t.vector).where(t.image_id.in_(list(ids[i:i + 500])))):
+                for iid, blob in conn.execute(sa.select(t.image_id, t.vector).where(
+                        t.image_id.in_([int(x) for x in ids[i:i + 500]]))):
                     found[iid] = np.frombuffer(blob, dtype=np.float32)
         return np.stack([found[int(i)] for i in ids]) if len(ids) else np.zeros((0, self._dim()), np.float32)
 
@@ -880,6 +881,16 @@ class Store:
                 for text, blob in conn.execute(sa.select(c.text, c.vector).where(c.text.in_(texts[i:i + 500]))):
                     out[text] = np.frombuffer(blob, dtype=np.float32)
         return out
+
+    def caption_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of these captions, (n, dim), in the order asked."""
+        found: dict[int, np.ndarray] = {}
+        c = captions_table.c
+        with self._connect() as conn:
+            for i in range(0, len(ids), 500):
+                for cid, blob in conn.execute(sa.select(c.id, c.vector).where(c.id.in_([int(x) for x in ids[i:i + 500]]))):
+                    found[cid] = np.frombuffer(blob, dtype=np.float32)
+        return np.stack([found[int(i)] for i in ids]) if len(ids) else np.zeros((0, self._dim()), np.float32)
 
     def add_captions(self, items: Sequence[tuple[int, str, str]], vectors: np.ndarray) -> list[int]:
         """Insert (image_id, text, source) captions with their vectors; returns their ids."""

@@ -112,8 +112,11 @@ def _open(args: argparse.Namespace):
     from retrieval.search import open_searcher
 
     rerank = getattr(args, "rerank", False)
-    return open_searcher(args.db, model=args.model, device=args.device,
-                         reranker=args.rerank_model if rerank else None, rerank_k=getattr(args, "rerank_k", 20))
+    searcher = open_searcher(args.db, model=args.model, device=args.device,
+                             reranker=args.rerank_model if rerank else None, rerank_k=getattr(args, "rerank_k", 20))
+    if getattr(args, "no_hubness", False):
+        searcher.encoder.hubness = None
+    return searcher
 
 
 def _print_hits(hits, args: argparse.Namespace, empty: str) -> int:
@@ -169,6 +172,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit:
         dataset = dataset.subset(args.limit)
     encoder = create_encoder(args.model or "default", device=args.device)
+    if args.no_hubness:
+        encoder.hubness = None
     reranker = None
     if args.rerank:
         from retrieval.rerank import create_reranker
@@ -177,7 +182,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     log(f"evaluating {encoder.spec} on {len(dataset.images)} images, {len(dataset.captions)} captions"
         + (f", reranking the top {args.rerank_k} with {reranker.spec}" if reranker else ""))
     t0 = time.monotonic()
-    result = evaluate(encoder, dataset, show_progress=not args.no_progress, reranker=reranker, rerank_k=args.rerank_k)
+    if args.tune_alpha and reranker is None:
+        raise UsageError("--tune-alpha goes with --rerank")
+    result = evaluate(encoder, dataset, show_progress=not args.no_progress, reranker=reranker, rerank_k=args.rerank_k,
+                      tune_alpha=args.tune_alpha)
     result.extra.update({"model": encoder.spec, "fingerprint": encoder.fingerprint,
                          "split": args.split, "seconds": round(time.monotonic() - t0, 1)})
     if args.json:
@@ -254,6 +262,11 @@ def _common(p: argparse.ArgumentParser, model_help: str = "encoder spec (default
     p.add_argument("--json", action="store_true", help="print JSON on stdout (logs go to stderr)")
 
 
+def _hubness_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-hubness", action="store_true",
+                   help="rank by plain cosine, without the model's hubness correction (where it ships one)")
+
+
 def _rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank", action="store_true", help="rerank the top results with the cross-attention reranker")
     p.add_argument("--rerank-k", type=positive_int, default=20, metavar="N", help="how many top results to rerank (default 20)")
@@ -304,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--min-score", type=float, default=None)
     _rerank_options(p)
+    _hubness_option(p)
     _common(p)
     p.set_defaults(func=cmd_search)
 
@@ -312,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--min-score", type=float, default=None)
     _rerank_options(p)
+    _hubness_option(p)
     _common(p)
     p.set_defaults(func=cmd_captions)
 
@@ -319,8 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument("--split", default=None)
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--tune-alpha", action="store_true",
+                   help="with --rerank: report the best fusion alpha per direction on this split (and recall at each)")
     p.add_argument("--no-progress", action="store_true")
     _rerank_options(p)
+    _hubness_option(p)
     _common(p, "encoder spec (default: default)")
     p.set_defaults(func=cmd_eval)
 

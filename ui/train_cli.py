@@ -70,8 +70,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_hubness(args: argparse.Namespace) -> int:
+    import torch
+
+    from retrieval.encoders import create_encoder
+    from retrieval.encoders.heads import TrainedEncoder
+    from retrieval.encoders.hubness import HUBNESS_FILE
+    from retrieval.evaluate import load_dataset
+    from retrieval.training import fit_hubness
+    from ui.cli import UsageError, emit_json, out
+
+    if args.bank < 50:
+        raise UsageError("--bank must be at least 50")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder = create_encoder(args.model or "default", device=args.device)
+    if not isinstance(encoder, TrainedEncoder):
+        raise UsageError(f"{encoder.spec} has no heads folder to hold a hubness correction (use default or heads:<folder>)")
+    encoder.hubness = None  # fit against plain cosine, whatever the folder holds now
+    train_set = load_dataset(args.dataset, split=args.train_split)
+    dev_set = load_dataset(args.dataset, split=args.dev_split)
+    _log(f"fitting a hubness correction for {encoder.spec}: banks of {args.bank} {args.train_split} captions and photos, "
+         f"k and beta chosen on {len(dev_set.images)} {args.dev_split} images")
+    result = fit_hubness(encoder, train_set, dev_set, bank=args.bank, seed=args.seed, show_progress=not args.no_progress)
+    path = os.path.join(encoder.folder, HUBNESS_FILE)
+    if result.hubness is None:
+        _log("the correction does not help on dev; nothing written")
+        if os.path.exists(path):
+            os.remove(path)
+    else:
+        result.hubness.save(encoder.folder)
+    summary = {"out": path if result.hubness else None, "model": encoder.spec, **result.summary()}
+    if args.json:
+        emit_json(summary)
+    else:
+        for key in ("dev_without", "dev_with"):
+            r = summary[key]
+            _log(f"{key}: t2i R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["text_to_image"].values())
+                 + ", i2t R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["image_to_text"].values()))
+        if result.hubness:
+            out(f"hubness correction written to {path}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> None:
-    """Add the ``train`` command to the imgsearch parser."""
+    """Add the ``train`` and ``fit-hubness`` commands to the imgsearch parser."""
     p = sub.add_parser("train", help="train projection heads (symmetric InfoNCE) on a captioned dataset")
     p.add_argument("dataset", help="dataset folder: images/ + captions.jsonl with a split field")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for heads.safetensors, heads.json, MODEL_CARD.md")
@@ -99,3 +142,14 @@ def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> No
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("fit-hubness", help="fit a search-time hubness correction (CSLS) for trained heads")
+    p.add_argument("dataset", help="dataset folder: images/ + captions.jsonl with a split field")
+    common(p, "trained encoder whose heads folder receives hubness.safetensors: default, or heads:<folder>")
+    p.add_argument("--bank", type=int, default=2000, metavar="N", help="train captions and photos kept as banks (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--dev-split", default="dev", help="split on which k and beta are chosen")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_fit_hubness)

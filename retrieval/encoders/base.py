@@ -95,6 +95,7 @@ class EncoderBase:
     image_size: int
     batch_size: int = 32
     text_batch_size: int = 128
+    hubness = None  # a Hubness that reorders search results (trained heads may ship one), or None
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,7 +1,8 @@
 """Trained projection heads on top of a frozen base encoder, and their on-disk format.
 
 A heads folder holds ``heads.safetensors`` (weights only, no pickle), ``heads.json``
-(a :class:`HeadsConfig`, including the base encoder spec) and optionally ``MODEL_CARD.md``.
+(a :class:`HeadsConfig`, including the base encoder spec) and optionally ``MODEL_CARD.md`` and
+``hubness.safetensors`` (a search-time hubness correction, see ``hubness.py``).
 
 The final embedding is a weighted concatenation of the learned space and the base space::
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from ..errors import WeightsError
 from ..weights_io import config_from_dict, load_weights_into, read_json_config
 from .base import EncoderBase, state_digest
+from .hubness import load_hubness
 
 WEIGHTS_FILE = "heads.safetensors"
 CONFIG_FILE = "heads.json"
@@ -285,6 +287,8 @@ class TrainedEncoder(EncoderBase):
         self.spec = spec or f"heads:{self.folder}"
         digest = state_digest([self.heads], extra=base.fingerprint + self.config.semantic_json())
         self.fingerprint = f"heads:{digest}"
+        # search-time only: reorders results, leaves the vectors (and so the fingerprint) alone
+        self.hubness = load_hubness(self.folder, self.dim)
 
     def preprocess(self, image):
         return self.base.preprocess(image)

@@ -56,20 +56,23 @@ def reranked_recall(sims: np.ndarray, caption_image: np.ndarray,
                     pair_scores: Callable[[np.ndarray, np.ndarray], np.ndarray], k: int = 20,
                     alphas: Sequence[float] = ALPHAS, fixed_alpha: float | None = None,
                     caption_rows: np.ndarray | None = None, image_cols: np.ndarray | None = None,
-                    fixed_caption_alpha: float | None = None) -> dict:
+                    fixed_caption_alpha: float | None = None, i2t_sims: np.ndarray | None = None) -> dict:
     """Recall both ways before and after reranking each query's top-k with ``itm + alpha * sim``.
 
     ``pair_scores(caption_idx, image_idx)`` gives ITM logits for pairs. Queries may be limited to
     ``caption_rows`` (text->image) and ``image_cols`` (image->text). Each direction gets its own
     alpha: the best of ``alphas`` by that direction's R@1 (then R@5), unless fixed (``fixed_alpha``
     for text->image, ``fixed_caption_alpha`` for image->text, which defaults to ``fixed_alpha``).
+    ``i2t_sims``: other scores for image->text (a hubness-corrected matrix), else ``sims``.
     Returns the recall without reranking, with it, ``alpha`` and ``caption_alpha``.
     """
     sims = np.asarray(sims, np.float32)
+    i2t_sims = sims if i2t_sims is None else np.asarray(i2t_sims, np.float32)
     caption_image = np.asarray(caption_image)
     rows = np.arange(sims.shape[0]) if caption_rows is None else np.asarray(caption_rows)
     cols = np.arange(sims.shape[1]) if image_cols is None else np.asarray(image_cols)
-    t2i, i2t = top_candidates(sims, k)
+    t2i, _ = top_candidates(sims, k)
+    _, i2t = top_candidates(i2t_sims, k)
     t2i, i2t = t2i[rows], i2t[cols]
     cap_a = np.concatenate([np.repeat(rows, t2i.shape[1]), i2t.reshape(-1)])
     img_a = np.concatenate([t2i.reshape(-1), np.repeat(cols, i2t.shape[1])])
@@ -78,7 +81,7 @@ def reranked_recall(sims: np.ndarray, caption_image: np.ndarray,
     s_i2t = scores[t2i.size:].reshape(i2t.shape)
     # float64: at an offset of 1e4, float32 would tie candidates closer than ~1e-3
     sub_t = sims[rows].astype(np.float64)  # (queries, images)
-    sub_i = sims[:, cols].T.astype(np.float64)  # (images, captions)
+    sub_i = i2t_sims[:, cols].T.astype(np.float64)  # (images, captions)
     sim_t2i = np.take_along_axis(sub_t, t2i, 1)
     sim_i2t = np.take_along_axis(sub_i, i2t, 1)
     own_caps = caption_image[None, :] == cols[:, None]  # (images, captions)

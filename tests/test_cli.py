@@ -166,6 +166,15 @@ def test_eval_rerank_reports_both_rows_in_the_same_shape(capsys):
         assert res["without_rerank"][key] == plain[key]
         assert res[key]["R@5"] == plain[key]["R@5"]
     assert res["rerank"]["k"] == 5 and res["rerank"]["model"] == "default"
+    tuned = run_json(capsys, "eval", str(REPO / "sample_data"), "--rerank", "--rerank-k", "5", "--no-progress",
+                     "--tune-alpha")
+    assert tuned["rerank"]["tuned_alpha"] is True
+    for key, alpha in (("text_to_image", "alpha"), ("image_to_text", "caption_alpha")):
+        by_alpha = tuned["rerank"]["by_alpha"][key]  # R@1 at every alpha tried; the best one is reported
+        assert tuned[key]["R@1"] == max(by_alpha.values()) == by_alpha[str(tuned["rerank"][alpha])]
+        assert tuned["without_rerank"][key] == plain[key]
+    nohub = run_json(capsys, "eval", str(REPO / "sample_data"), "--no-progress", "--no-hubness")
+    assert "hubness" in plain and "hubness" not in nohub
 
 
 def test_train_reranker_writes_a_loadable_reranker(indexed, capsys, tmp_path):

@@ -19,6 +19,7 @@ from .store import Store
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, BinaryIO, Image.Image]
 MAX_QUERY_CHARS = 1000
+PENALTY_CACHE_MAX = 1_000_000  # remembered hubness penalties (about 150 MB at most) before starting afresh
 
 
 class QueryError(ImgSearchError):
@@ -55,6 +56,8 @@ class Searcher:
         self.store = store
         self.reranker = reranker
         self.rerank_k = rerank_k
+        self._penalty_cache: dict[tuple[str, int], float] = {}
+        self._penalty_gen: tuple[int, int] | None = None
 
     # -- query embedding --------------------------------------------------------------------
 
@@ -205,10 +208,22 @@ class Searcher:
             return scores, ids
         found = ids >= 0
         scores, ids = scores[found], ids[found]
-        vectors = self.store.image_vectors(ids) if kind == "image" else self.store.caption_vectors(ids)
-        scores = scores - hub.penalties(kind, vectors)
+        scores = scores - self._penalties(hub, kind, ids)
         order = np.argsort(-scores, kind="stable")[:k]
         return scores[order], ids[order]
+
+    def _penalties(self, hub, kind: str, ids: np.ndarray) -> np.ndarray:
+        """Hubness penalties of stored results, remembered until the index changes (a result's
+        penalty depends on its vector only, so repeated searches skip fetching and rescoring it)."""
+        gen = (self.store.generation, id(hub))
+        if self._penalty_gen != gen or len(self._penalty_cache) > PENALTY_CACHE_MAX:
+            self._penalty_cache, self._penalty_gen = {}, gen
+        cache = self._penalty_cache
+        missing = [int(i) for i in ids if (kind, int(i)) not in cache]
+        if missing:
+            vectors = self.store.image_vectors(missing) if kind == "image" else self.store.caption_vectors(missing)
+            cache.update(zip(((kind, i) for i in missing), hub.penalties(kind, vectors).tolist()))
+        return np.array([cache[(kind, int(i))] for i in ids], np.float32)
 
     def captions_near(self, vector: np.ndarray, k: int = 5, min_score: float | None = None) -> list[Hit]:
         """Captions nearest a query (image) vector, each with the image it belongs to; hubness-corrected

@@ -183,3 +183,21 @@ def test_fit_hubness_cli_writes_a_correction_that_eval_uses(tmp_path, capsys):
                  "--no-hubness"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert "hubness" not in plain and plain["text_to_image"] == summary["dev_without"]["text_to_image"]
+
+
+def test_penalties_are_remembered_until_the_index_changes(tmp_path, monkeypatch):
+    bank, docs = _hub_world(n=300)
+    hub = Hubness({"image": HubnessSide(bank, k=10, beta=0.75)})
+    enc = _HubEncoder(hub)
+    store = _store_with(tmp_path, docs, enc)
+    searcher = Searcher(enc, store)
+    fetched = []
+    real = store.image_vectors
+    monkeypatch.setattr(store, "image_vectors", lambda ids: fetched.append(len(ids)) or real(ids))
+    first = searcher.images_near(bank[0], k=10, text_query=True)
+    assert fetched == [CANDIDATES]
+    assert searcher.images_near(bank[0], k=10, text_query=True) == first and fetched == [CANDIDATES]  # no refetch
+    store.remove_images([first[0].image_id])  # the index changed: penalties are fetched afresh
+    again = searcher.images_near(bank[0], k=10, text_query=True)
+    assert len(fetched) == 2 and first[0].image_id not in [h.image_id for h in again]
+    assert [h.image_id for h in again] == [h.image_id for h in first[1:]] + [again[-1].image_id]

@@ -168,6 +168,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from retrieval.encoders import create_encoder
     from retrieval.evaluate import evaluate, load_dataset
 
+    if args.tune_alpha and not args.rerank:
+        raise UsageError("--tune-alpha goes with --rerank")
     dataset = load_dataset(args.dataset, split=args.split)
     if args.limit:
         dataset = dataset.subset(args.limit)
@@ -182,8 +184,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     log(f"evaluating {encoder.spec} on {len(dataset.images)} images, {len(dataset.captions)} captions"
         + (f", reranking the top {args.rerank_k} with {reranker.spec}" if reranker else ""))
     t0 = time.monotonic()
-    if args.tune_alpha and reranker is None:
-        raise UsageError("--tune-alpha goes with --rerank")
     result = evaluate(encoder, dataset, show_progress=not args.no_progress, reranker=reranker, rerank_k=args.rerank_k,
                       tune_alpha=args.tune_alpha)
     result.extra.update({"model": encoder.spec, "fingerprint": encoder.fingerprint,

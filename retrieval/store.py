@@ -829,13 +829,16 @@ class Store:
 
     def image_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The stored vectors of these images, (n, dim), in the order asked."""
+        return self._vectors(image_vectors_table.c.image_id, image_vectors_table.c.vector, ids)
+
+    def _vectors(self, id_col: sa.Column, vector_col: sa.Column, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors (n, dim) of rows ``ids`` of one table, in the order asked."""
         found: dict[int, np.ndarray] = {}
-        t = image_vectors_table.c
         with self._connect() as conn:
             for i in range(0, len(ids), 500):
-                for iid, blob in conn.execute(sa.select(t.image_id, t.vector).where(
-                        t.image_id.in_([int(x) for x in ids[i:i + 500]]))):
-                    found[iid] = np.frombuffer(blob, dtype=np.float32)
+                for rid, blob in conn.execute(sa.select(id_col, vector_col).where(
+                        id_col.in_([int(x) for x in ids[i:i + 500]]))):
+                    found[rid] = np.frombuffer(blob, dtype=np.float32)
         return np.stack([found[int(i)] for i in ids]) if len(ids) else np.zeros((0, self._dim()), np.float32)
 
     def count_images(self) -> int:
@@ -884,13 +887,7 @@ class Store:
 
     def caption_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The stored vectors of these captions, (n, dim), in the order asked."""
-        found: dict[int, np.ndarray] = {}
-        c = captions_table.c
-        with self._connect() as conn:
-            for i in range(0, len(ids), 500):
-                for cid, blob in conn.execute(sa.select(c.id, c.vector).where(c.id.in_([int(x) for x in ids[i:i + 500]]))):
-                    found[cid] = np.frombuffer(blob, dtype=np.float32)
-        return np.stack([found[int(i)] for i in ids]) if len(ids) else np.zeros((0, self._dim()), np.float32)
+        return self._vectors(captions_table.c.id, captions_table.c.vector, ids)
 
     def add_captions(self, items: Sequence[tuple[int, str, str]], vectors: np.ndarray) -> list[int]:
         """Insert (image_id, text, source) captions with their vectors; returns their ids."""

@@ -453,7 +453,7 @@ def model_card(result: TrainResult, dataset_root: str, command: str, feature_sec
 # -- hubness correction ----------------------------------------------------------------------
 
 HUBNESS_KS = (30,)
-HUBNESS_BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+HUBNESS_BETAS = (0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass
@@ -475,7 +475,8 @@ def fit_hubness(encoder, train: Dataset, dev: Dataset, bank: int = 2000, seed: i
                 ks: tuple[int, ...] = HUBNESS_KS, betas: tuple[float, ...] = HUBNESS_BETAS,
                 show_progress: bool = True) -> HubnessResult:
     """Banks of ``bank`` train captions and train photos (a seeded sample), with k and beta per side
-    chosen on ``dev``: text->image by R@1 + R@5, image->text by R@1 + R@5; beta 0 drops a side."""
+    chosen on ``dev``: text->image by R@1 + R@5, image->text by R@1 + R@5; a side that does not
+    raise them is left out."""
     from .encoders.hubness import Hubness, HubnessSide, corrected_similarity, dequantise_bank, quantise_bank
     from .evaluate import embed_image_files
 
@@ -506,8 +507,6 @@ def fit_hubness(encoder, train: Dataset, dev: Dataset, bank: int = 2000, seed: i
     best_t2i, best_i2t = plain["text_to_image"], plain["image_to_text"]
     for k in ks:
         for beta in betas:
-            if beta <= 0:
-                continue
             img_side = HubnessSide(text_bank, k, beta)
             r = recall_from_similarity(sims - img_side.penalties(dev_img)[None, :], caption_image)["text_to_image"]
             if score(r) > score(best_t2i):

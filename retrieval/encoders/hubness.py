@@ -7,8 +7,8 @@ in general, measured once against a fixed bank of typical queries shipped with t
     score(query, doc) = cos(query, doc) - beta * mean(top-k cos(doc, bank)) + offset
 
 where ``offset`` is the mean penalty of typical results, so scores stay on the cosine's scale
-(``--min-score`` keeps its meaning). The correction only reorders results; the stored vectors are unchanged, so it needs no reindex.
-Images found by text queries are measured against a bank of caption vectors; captions found by
+(``--min-score`` keeps its meaning). The correction only reorders results; the stored vectors
+are unchanged, so it needs no reindex. Images found by text queries are measured against a bank of caption vectors; captions found by
 an image against a bank of photo vectors. A heads folder may hold one as ``hubness.safetensors``.
 """
 
@@ -70,13 +70,13 @@ class Hubness:
         return None if side is None else side.penalties(docs)
 
     def describe(self) -> dict:
-        """k, beta and bank size per kind (for model cards and ``--json`` output)."""
+        """k, beta, offset and bank size per kind (for model cards and ``--json`` output)."""
         return {kind: {"k": s.k, "beta": s.beta, "offset": round(s.offset, 4), "bank": int(len(s.bank))}
                 for kind, s in self.sides.items()}
 
     def save(self, folder: str | os.PathLike) -> None:
-        """Write ``hubness.safetensors`` into ``folder``: banks as int8 (``quantise_bank``), k and beta
-        in the metadata."""
+        """Write ``hubness.safetensors`` into ``folder``: banks as int8 (``quantise_bank``), k, beta and
+        offset in the metadata."""
         import torch
         from safetensors.torch import save_file
 

@@ -214,8 +214,9 @@ class Searcher:
 
     def _penalties(self, hub, kind: str, ids: np.ndarray) -> np.ndarray:
         """Hubness penalties of stored results, remembered until the index changes (a result's
-        penalty depends on its vector only, so repeated searches skip fetching and rescoring it)."""
-        gen = (self.store.generation, id(hub))
+        penalty depends on its vector only, so repeated searches skip fetching and rescoring it).
+        Called right after the search that found ``ids``, so the store's loaded generation is theirs."""
+        gen = (self.store.index_generation, id(hub))
         if self._penalty_gen != gen or len(self._penalty_cache) > PENALTY_CACHE_MAX:
             self._penalty_cache, self._penalty_gen = {}, gen
         cache = self._penalty_cache

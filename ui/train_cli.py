@@ -118,7 +118,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> No
     p = sub.add_parser("train", help="train projection heads (symmetric InfoNCE) on a captioned dataset")
     p.add_argument("dataset", help="dataset folder: images/ + captions.jsonl with a split field")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for heads.safetensors, heads.json, MODEL_CARD.md")
-    common(p, "base encoder spec: bridge (= default), or hf:<hub id or folder>")
+    common(p, "base encoder spec: bridge (= default), bridge-lite1, bridge-lite2 (larger image towers, pip install imgsearch[lite]), or hf:<hub id or folder>")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--views", type=int, default=2, metavar="K", help="augmented views per training image (+1 clean)")
     p.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder (default: <tmp>/imgsearch-features)")

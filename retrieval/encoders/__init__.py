@@ -4,6 +4,8 @@ Specs:
   ``default``          the bundled offline model: trained heads from ``retrieval/weights/`` on top of the
                        label bridge towers (just the label bridge when no weights are shipped)
   ``bridge``           EfficientNet-Lite0 + MiniLM joined by the ImageNet label bridge (ConSE), no training
+  ``bridge-lite1``, ``bridge-lite2``
+                       the same with the larger EfficientNet-Lite1 (240 px) or Lite2 (260 px) image tower
   ``hf:<id|folder>``   any Hugging Face CLIP-family dual encoder (CLIP, SigLIP)
   ``heads:<folder>``   heads trained by ``imgsearch train`` on top of the base spec recorded in the folder
 """
@@ -19,6 +21,8 @@ __all__ = ["Encoder", "EncoderBase", "create_encoder", "l2_normalize", "pick_dev
            "BUNDLED_WEIGHTS_DIR"]
 
 DEFAULT_SPEC = "default"
+# label-bridge specs and their EfficientNet-Lite variant
+BRIDGE_VARIANTS = {"bridge": 0, "bridge-lite1": 1, "bridge-lite2": 2}
 BUNDLED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
 
@@ -33,10 +37,10 @@ def create_encoder(spec: str = DEFAULT_SPEC, device: str | None = None) -> Encod
         from .default import DefaultEncoder
 
         return DefaultEncoder(device=device, spec="default")
-    if spec == "bridge":
-        from .default import DefaultEncoder
+    if spec in BRIDGE_VARIANTS:
+        from .default import BridgeConfig, DefaultEncoder
 
-        return DefaultEncoder(device=device, spec=spec)
+        return DefaultEncoder(BridgeConfig(image_variant=BRIDGE_VARIANTS[spec]), device=device, spec=spec)
     if spec.startswith("heads:"):
         folder = spec[6:].strip()
         if not folder:
@@ -53,5 +57,6 @@ def create_encoder(spec: str = DEFAULT_SPEC, device: str | None = None) -> Encod
         from .hf import HFDualEncoder
 
         return HFDualEncoder(target, device=device)
-    raise EncoderSpecError(f"unknown model spec '{spec}' (expected 'default', 'bridge', 'hf:<hub id or folder>' "
+    raise EncoderSpecError(f"unknown model spec '{spec}' (expected 'default', 'bridge', 'bridge-lite1', "
+                           "'bridge-lite2', 'hf:<hub id or folder>' "
                            "or 'heads:<folder>')")

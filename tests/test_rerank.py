@@ -561,3 +561,22 @@ def test_itm_scores_broadcast_forms_equal_explicit_pairs(default_encoder, tmp_pa
     batched_scores = rr.itm_pairs(texts, regions, text_index, image_index, batch_size=5)
     one_by_one = np.array([rr.itm_scores([texts[t]], regions[i:i + 1])[0] for t, i in zip(text_index, image_index)])
     np.testing.assert_allclose(batched_scores, one_by_one, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_reranker_keeps_its_own_towers_under_another_tower_variant(tmp_path, default_encoder):
+    """A reranker trained on Lite0 regions, serving an index of a Lite2 encoder, reads Lite0 regions
+    (from the photos, since the index's regions carry another key), not the 81 x 352 Lite2 ones."""
+    from retrieval.encoders import create_encoder
+
+    _save_random(tmp_path / "rr", seed=3)  # base_spec "bridge": EfficientNet-Lite0
+    lite2 = create_encoder("bridge-lite2")
+    rr = FusionReranker(tmp_path / "rr", encoder=lite2)
+    assert rr.towers is not lite2 and rr.towers.image_size == 224
+    assert rr.region_key != lite2.region_key and rr.region_key == default_encoder.base.region_key
+    cat = Image.open(SAMPLE_DATA / "cat_chelsea.png").convert("RGB")
+    regions = rr.encode_regions([cat])
+    assert regions.shape == (1, 49, 320)
+    assert np.isfinite(rr.itm_scores(["a cat"], regions)).all()
+    # the same towers are shared where they match
+    assert FusionReranker(tmp_path / "rr", encoder=default_encoder).towers is default_encoder.base

@@ -248,6 +248,8 @@ class FusionReranker:
         self.folder = os.path.abspath(folder)
         self.config, self.model = load_fusion(self.folder)
         towers = base_towers(encoder) if encoder is not None else None
+        if towers is not None and not self._reads(towers):
+            towers = None  # the search encoder's towers are not the ones this reranker was trained on
         if towers is None:
             towers = base_towers(create_encoder(self.config.base_spec, device=device))
         if towers is None:
@@ -261,8 +263,14 @@ class FusionReranker:
         self.region_key = towers.region_key
         self.fingerprint = "fusion:" + state_digest([self.model], towers.fingerprint + self.config.semantic_json())
 
+    def _reads(self, towers) -> bool:
+        """True when ``towers`` (a ``DefaultEncoder``) give the regions this reranker was trained on."""
+        from ..encoders import BRIDGE_VARIANTS
+
+        return towers.config.image_variant == BRIDGE_VARIANTS.get(self.config.base_spec, 0)
+
     def encode_regions(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """RGB PIL images -> float16 regions (n, 49, 320)."""
+        """RGB PIL images -> float16 regions (n, R, C) (49 x 320 for the bundled towers)."""
         from .features import image_regions
 
         if not images:

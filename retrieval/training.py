@@ -13,7 +13,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .encoders.base import batched
-from .encoders.heads import Heads, HeadsConfig, blend, feature_extractors
+from .encoders.heads import Heads, HeadsConfig, blend, build_heads, feature_extractors
 from .errors import DatasetError, ImageLoadError
 from .evaluate import Dataset, iter_image_batches, recall_from_similarity
 from .images import load_image
@@ -227,6 +227,8 @@ class TrainOptions:
     image_inputs: list[str] | None = None  # None: a good default for the base (see default_inputs)
     text_inputs: list[str] | None = None
     max_logit_scale: float = 100.0
+    members: int = 1  # >1: an ensemble of heads trained with seeds seed, seed + 1, ... (see HeadsEnsemble)
+    ensemble_dim: int = 0  # >0 (ensembles): project the joined embedding to this width (PCA on train)
 
 
 def default_inputs(features: FeatureSet) -> tuple[list[str], list[str]]:
@@ -248,8 +250,12 @@ class TrainResult:
     seconds: float = 0.0
 
     def summary(self) -> dict:
-        return {"dev": self.dev, "best_epoch": self.best_epoch, "epochs_run": len(self.history),
-                "train_seconds": round(self.seconds, 1), "blend": self.config.blend}
+        out = {"dev": self.dev, "best_epoch": self.config.train.get("best_epoch", self.best_epoch),
+               "epochs_run": len(self.history), "train_seconds": round(self.seconds, 1), "blend": self.config.blend}
+        if self.config.members > 1:
+            out["members"] = self.config.members
+            out["member_dev"] = self.config.train.get("member_dev", [])
+        return out
 
 
 def rsum(r: dict) -> float:
@@ -295,8 +301,56 @@ def train_heads(train: FeatureSet, dev: FeatureSet | None, options: TrainOptions
     Each epoch sees every caption once; every batch holds distinct images (one random
     augmented view each), so there are no false negatives from shared images.
     The heads with the best dev rsum (at ``options.blend``) are kept; stops early after
-    ``options.patience`` epochs without improvement.
+    ``options.patience`` epochs without improvement. With ``options.members`` > 1, that many
+    heads are trained one after another (seeds ``seed``, ``seed + 1``, ...) and joined into one
+    ``HeadsEnsemble``.
     """
+    if options.members < 1:
+        raise DatasetError(f"members must be >= 1, got {options.members}")
+    if options.ensemble_dim and not (options.members > 1 and 0 < options.ensemble_dim <= options.members * options.embed_dim):
+        raise DatasetError(f"ensemble_dim needs members > 1 and at most members x embed_dim "
+                           f"({options.members} x {options.embed_dim}), got {options.ensemble_dim}")
+    if options.members == 1:
+        return _train_single(train, dev, options, base_spec, show_progress)
+    t0 = time.monotonic()
+    runs = [_train_single(train, dev, replace(options, members=1, ensemble_dim=0, seed=options.seed + i), base_spec,
+                          show_progress, desc=f"train {i + 1}/{options.members}")
+            for i in range(options.members)]
+    config = replace(runs[0].config, members=options.members, ensemble_dim=options.ensemble_dim, train={})
+    state = {f"members.{i}.{k}": v for i, r in enumerate(runs) for k, v in r.state_dict.items()}
+    heads = build_heads(config)
+    if options.ensemble_dim:
+        heads.load_state_dict({**state, "projection": heads.projection})
+        state["projection"] = _fit_projection(heads, train, options.ensemble_dim)
+    heads.load_state_dict(state)
+    dev_metrics: dict = {}
+    if dev is not None:
+        dev_metrics = {"blended": dev_recall(heads, dev, options.blend), "learned_only": dev_recall(heads, dev, 1.0)}
+    config.train = {"options": asdict(options), "best_epoch": [r.best_epoch for r in runs],
+                    "dev": dev_metrics.get("blended", {}), "member_dev": [r.dev.get("blended", {}) for r in runs],
+                    "train_images": runs[0].config.train["train_images"],
+                    "train_views": runs[0].config.train["train_views"]}
+    history = [{"member": i + 1, **row} for i, r in enumerate(runs) for row in r.history]
+    return TrainResult(config, state, dev_metrics, runs[0].best_epoch, history, time.monotonic() - t0)
+
+
+@torch.no_grad()
+def _fit_projection(heads, train: FeatureSet, dim: int) -> torch.Tensor:
+    """The top ``dim`` right singular vectors (uncentred PCA) of the ensemble's joined embeddings of the
+    train images (clean view) and captions, as a (members x embed_dim, dim) matrix."""
+    heads.eval()
+    img_in = {n: train.images[n][0] for n in heads.config.image_inputs}
+    parts = [heads.joined_unprojected(image={n: t[s].float() for n, t in img_in.items()})
+             for s in _slices(next(iter(img_in.values())).shape[0])]
+    parts += [heads.joined_unprojected(text={n: train.texts[n][s].float() for n in heads.config.text_inputs})
+              for s in _slices(train.caption_image.shape[0])]
+    _, _, vh = torch.linalg.svd(torch.cat(parts).double(), full_matrices=False)
+    return vh[:dim].T.float().contiguous()
+
+
+def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptions, base_spec: str,
+                  show_progress: bool = True, desc: str = "train") -> TrainResult:
+    """One pair of heads (see ``train_heads``)."""
     t0 = time.monotonic()
     _seed_all(options.seed)
     default_img, default_txt = default_inputs(train)
@@ -339,7 +393,7 @@ def train_heads(train: FeatureSet, dev: FeatureSet | None, options: TrainOptions
     gen = torch.Generator().manual_seed(options.seed)
     best, best_state, best_epoch, history, since_best = -1.0, None, 0, [], 0
     dev_now: dict = {}
-    bar = tqdm(total=options.epochs, desc="train", unit="ep", file=sys.stderr, disable=not show_progress)
+    bar = tqdm(total=options.epochs, desc=desc, unit="ep", file=sys.stderr, disable=not show_progress)
     for epoch in range(1, options.epochs + 1):
         heads.train()
         losses = []
@@ -434,7 +488,13 @@ def model_card(result: TrainResult, dataset_root: str, command: str, feature_sec
         f"- loss: symmetric InfoNCE, learnable temperature (init 0.07), label smoothing {o.get('label_smoothing')}",
         f"- AdamW lr {o.get('lr')}, weight decay {o.get('weight_decay')}, batch {o.get('batch_size')} distinct images,"
         f" warmup {o.get('warmup_epochs')} epoch + cosine, up to {o.get('epochs')} epochs, early stopping on dev rsum"
-        f" (best epoch {result.best_epoch}), seed {o.get('seed')}",
+        f" (best epoch {cfg.train.get('best_epoch', result.best_epoch)}), seed {o.get('seed')}",
+        *([f"- ensemble of {cfg.members} head pairs (seeds {o.get('seed')}..{o.get('seed', 0) + cfg.members - 1}), their"
+           f" unit embeddings concatenated and scaled by 1/√{cfg.members}, so the learned cosine is the members' mean;"
+           " each member selected on its own dev rsum"
+           + (f"; the joined {cfg.embed_dim * cfg.members}-d embedding projected to {cfg.ensemble_dim}-d (uncentred PCA"
+              " of the train photos' and captions' joined embeddings) and L2-normalised" if cfg.ensemble_dim else "")]
+          if cfg.members > 1 else []),
         f"- image views per training image: {cfg.train.get('train_views')} (1 clean centre crop + augmented: random"
         " resized crop 0.35-1, flip, colour jitter, 10% greyscale); all captions of each image used every epoch",
         f"- final embedding: [√w·head, √(1−w)·base] with w = {cfg.blend}, so cosine = w·learned + (1−w)·base"

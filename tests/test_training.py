@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from retrieval.encoders.heads import (CONFIG_FILE, WEIGHTS_FILE, Heads, HeadsConfig, TrainedEncoder, load_heads,
-                                      save_heads)
-from retrieval.errors import WeightsError
+from retrieval.encoders.heads import (CONFIG_FILE, WEIGHTS_FILE, Heads, HeadsConfig, TrainedEncoder, build_heads,
+                                      load_heads, save_heads)
+from retrieval.errors import DatasetError, WeightsError
 from retrieval.evaluate import load_dataset
 from retrieval.training import TrainOptions, compute_features, dev_recall, rsum, train_heads
 
@@ -107,6 +108,52 @@ def test_save_load_roundtrip_gives_identical_embeddings(tiny_features, bridge, t
     heads = load_heads(tmp_path)[1]
     img, _ = embed_features(heads, dev.subset_images(2), 0.6)
     np.testing.assert_allclose(ia, img.numpy(), atol=2e-2)
+
+
+@needs_flickr
+def test_ensemble_joins_members_trained_with_successive_seeds(tiny_features, bridge, tmp_path):
+    """--members 2: the second member is the single run with seed + 1; the learned cosine is the members' mean."""
+    train, dev, _, _ = tiny_features
+    options = TrainOptions(epochs=3, batch_size=64, hidden_dim=64, embed_dim=32, blend=0.6, seed=5)
+    ens = train_heads(train, dev, replace(options, members=2), "bridge", show_progress=False)
+    second = train_heads(train, dev, replace(options, seed=6), "bridge", show_progress=False)
+    assert ens.config.members == 2 and len(ens.config.train["best_epoch"]) == 2
+    for k, v in second.state_dict.items():
+        assert torch.equal(ens.state_dict[f"members.1.{k}"], v), k
+    assert json.loads(ens.config.semantic_json())["members"] == 2
+    assert "members" not in json.loads(second.config.semantic_json())  # single heads keep their fingerprint
+    assert {"member": 2, **second.history[0]} in ens.history
+
+    save_heads(tmp_path, ens.config, ens.state_dict, fp16=False)
+    enc = TrainedEncoder(tmp_path, base=bridge)
+    assert enc.dim == 2 * 32 + 384
+    members = load_heads(tmp_path)[1].members
+    feats = {"minilm": torch.randn(3, 384), "minilm_max": torch.randn(3, 384)}
+    img_feats = {n: dev.images[n][0, :4].float() for n in ens.config.image_inputs}
+    t = [m.embed_text(feats) for m in members]
+    i = [m.embed_image(img_feats) for m in members]
+    joined = enc.heads.embed_text(feats) @ enc.heads.embed_image(img_feats).T
+    torch.testing.assert_close(joined, (t[0] @ i[0].T + t[1] @ i[1].T) / 2)
+    vecs = enc.encode_texts(["a dog runs on the grass"])
+    assert vecs.shape == (1, enc.dim) and abs(np.linalg.norm(vecs) - 1) < 1e-5
+
+    # --ensemble-dim: a PCA basis with orthonormal columns; at full width it keeps every cosine
+    full = train_heads(train, None, replace(options, members=2, ensemble_dim=64), "bridge", show_progress=False)
+    P = full.state_dict["projection"]
+    assert P.shape == (64, 64) and full.config.learned_dim == 64
+    torch.testing.assert_close(P.T @ P, torch.eye(64), atol=1e-4, rtol=0)
+    heads = build_heads(full.config)
+    heads.load_state_dict(full.state_dict)
+    heads.eval()
+    projected = heads.embed_text(feats) @ heads.embed_image(img_feats).T
+    unprojected = heads.joined_unprojected(text=feats) @ heads.joined_unprojected(image=img_feats).T
+    torch.testing.assert_close(projected, unprojected, atol=1e-4, rtol=0)
+    small = train_heads(train, None, replace(options, members=2, ensemble_dim=16), "bridge", show_progress=False)
+    save_heads(tmp_path / "small", small.config, small.state_dict)
+    enc = TrainedEncoder(tmp_path / "small", base=bridge)
+    assert enc.dim == 16 + 384 and enc.encode_texts(["a dog"]).shape == (1, 16 + 384)
+    with pytest.raises(DatasetError, match="ensemble_dim needs members > 1"):
+        train_heads(train, None, replace(options, ensemble_dim=16), "bridge", show_progress=False)
 
 
 def test_roundtrip_on_any_base_encoder(tmp_path):
@@ -250,6 +297,9 @@ def test_train_cli_json(tmp_path, tiny_features, capsys):
     ({"colour": "blue"}, "heads config has unknown keys: colour"),
     ({"format_version": 99}, "heads format version 99 is not supported"),
     ({"blend": 1.5}, "blend must be in [0, 1]"),
+    ({"members": 0}, "members must be a whole number >= 1"),
+    ({"ensemble_dim": 4}, "ensemble_dim must be 0, or at most members x embed_dim for an ensemble"),
+    ({"members": 2, "ensemble_dim": 17}, "ensemble_dim must be 0, or at most members x embed_dim"),
 ])
 def test_heads_config_refuses_unknown_keys_other_versions_and_bad_values(change, message):
     from dataclasses import asdict

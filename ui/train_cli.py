@@ -24,8 +24,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from retrieval.training import TrainOptions, base_spec_for, compute_features, model_card, train_heads
     from ui.cli import UsageError, emit_json, out
 
-    if (args.epochs is not None and args.epochs < 1) or args.views < 0:
-        raise UsageError("--epochs must be >= 1 and --views >= 0")
+    if (args.epochs is not None and args.epochs < 1) or args.views < 0 or args.members < 1:
+        raise UsageError("--epochs and --members must be >= 1 and --views >= 0")
+    width = TrainOptions().embed_dim
+    if args.ensemble_dim and not (args.members > 1 and 0 < args.ensemble_dim <= width * args.members):
+        raise UsageError(f"--ensemble-dim needs --members > 1 and must be between 1 and {width} x --members")
     if not 0.0 <= args.blend <= 1.0:
         raise UsageError("--blend must be between 0 and 1")
     if args.threads:
@@ -51,7 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             tuned[key] = [n.strip() for n in names.split(",") if n.strip()]
     if args.label_smoothing is not None:
         tuned["label_smoothing"] = args.label_smoothing
-    options = TrainOptions(seed=args.seed, blend=args.blend, **tuned)
+    options = TrainOptions(seed=args.seed, blend=args.blend, members=args.members, ensemble_dim=args.ensemble_dim,
+                           **tuned)
     result = train_heads(train_feats, dev_feats, options, base_spec, show_progress=not args.no_progress)
     command = "imgsearch " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     save_heads(args.out, result.config, result.state_dict,
@@ -131,6 +135,11 @@ def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> No
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--hidden-dim", type=int, default=None, help="MLP width of both heads")
+    p.add_argument("--members", type=int, default=1, metavar="N",
+                   help="train N head pairs (seeds SEED..SEED+N-1) and ship them as one ensemble: vectors grow by"
+                        " 256 per extra member unless --ensemble-dim (default 1)")
+    p.add_argument("--ensemble-dim", type=int, default=0, metavar="D",
+                   help="with --members: project the members' joined embedding to D dims (PCA on train), e.g. 256")
     p.add_argument("--dropout", type=float, default=None)
     p.add_argument("--image-inputs", default=None, metavar="A,B",
                    help="image head inputs, comma-separated (bundled towers: pooled, maxpool, grid, logprobs, bridge)")

@@ -53,6 +53,8 @@ class HeadsConfig:
     blend: float = 0.7  # w: weight of the learned similarity in the final cosine
     image_blend_input: str = "bridge"  # base-space features used for the (1 - w) part
     text_blend_input: str = "minilm"
+    members: int = 1  # independently trained head pairs, their unit embeddings concatenated (an ensemble)
+    ensemble_dim: int = 0  # >0: the members' joined embedding projected to this width (PCA fitted on train)
     format_version: int = FORMAT_VERSION
     train: dict = field(default_factory=dict)  # provenance only (recipe, metrics); not used to build
 
@@ -64,7 +66,18 @@ class HeadsConfig:
         cfg = config_from_dict(cls, data, "heads", FORMAT_VERSION)
         if not 0.0 <= cfg.blend <= 1.0:
             raise WeightsError(f"heads config blend must be in [0, 1], got {cfg.blend}")
+        if not isinstance(cfg.members, int) or cfg.members < 1:
+            raise WeightsError(f"heads config members must be a whole number >= 1, got {cfg.members!r}")
+        if not isinstance(cfg.ensemble_dim, int) or not 0 <= cfg.ensemble_dim <= cfg.embed_dim * cfg.members \
+                or (cfg.ensemble_dim and cfg.members == 1):
+            raise WeightsError(f"heads config ensemble_dim must be 0, or at most members x embed_dim for an "
+                               f"ensemble, got {cfg.ensemble_dim!r}")
         return cfg
+
+    @property
+    def learned_dim(self) -> int:
+        """Width of the learned part of an embedding (all members together, after any projection)."""
+        return self.ensemble_dim or self.embed_dim * self.members
 
     def dims(self, side: str) -> list[int]:
         names = self.image_inputs if side == "image" else self.text_inputs
@@ -77,6 +90,9 @@ class HeadsConfig:
         """The config without provenance: what changes the vectors."""
         data = asdict(self)
         data.pop("train", None)
+        if data["members"] == 1:  # as before ensembles existed: single heads keep their fingerprint
+            data.pop("members")
+            data.pop("ensemble_dim")
         return json.dumps(data, sort_keys=True)
 
 
@@ -118,6 +134,50 @@ class Heads(torch.nn.Module):
     def embed_text(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """L2-normalised learned text embeddings from named base features."""
         return F.normalize(self.text([feats[n] for n in self.config.text_inputs]), dim=-1)
+
+
+class HeadsEnsemble(torch.nn.Module):
+    """``config.members`` independently trained ``Heads``: an embedding is their unit embeddings
+    concatenated and scaled by 1/sqrt(members), so its cosine is the members' mean cosine; with
+    ``config.ensemble_dim`` it is then projected to that width (``projection``, a PCA basis fitted
+    on train embeddings) and L2-normalised again."""
+
+    def __init__(self, config: HeadsConfig) -> None:
+        super().__init__()
+        self.config = config
+        single = HeadsConfig(**{**asdict(config), "members": 1, "ensemble_dim": 0, "train": {}})
+        self.members = torch.nn.ModuleList(Heads(single) for _ in range(config.members))
+        if config.ensemble_dim:
+            self.register_buffer("projection", torch.zeros(config.embed_dim * config.members, config.ensemble_dim))
+        else:
+            self.projection = None
+
+    def _join(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        joined = torch.cat(parts, dim=-1) / math.sqrt(len(parts))
+        if self.projection is None:
+            return joined
+        return F.normalize(joined @ self.projection.to(joined.dtype), dim=-1)
+
+    def joined_unprojected(self, image: dict[str, torch.Tensor] | None = None,
+                           text: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The members' joined embeddings before the projection (to fit it)."""
+        side = "embed_image" if image is not None else "embed_text"
+        feats = image if image is not None else text
+        parts = [getattr(m, side)(feats) for m in self.members]
+        return torch.cat(parts, dim=-1) / math.sqrt(len(parts))
+
+    def embed_image(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L2-normalised learned image embeddings (all members) from named base features."""
+        return self._join([m.embed_image(feats) for m in self.members])
+
+    def embed_text(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L2-normalised learned text embeddings (all members) from named base features."""
+        return self._join([m.embed_text(feats) for m in self.members])
+
+
+def build_heads(config: HeadsConfig) -> Heads | HeadsEnsemble:
+    """The (untrained) heads module a config describes: one pair of heads, or an ensemble."""
+    return Heads(config) if config.members == 1 else HeadsEnsemble(config)
 
 
 def blend(learned: torch.Tensor, base: torch.Tensor, w: float) -> torch.Tensor:
@@ -233,10 +293,10 @@ def load_config(folder: str | os.PathLike) -> HeadsConfig:
         raise WeightsError(f"heads config {path} is malformed: {e}") from None
 
 
-def load_heads(folder: str | os.PathLike) -> tuple[HeadsConfig, Heads]:
+def load_heads(folder: str | os.PathLike) -> tuple[HeadsConfig, Heads | HeadsEnsemble]:
     """Load a heads folder; any missing, corrupt or mismatched file raises a one-line WeightsError."""
     config = load_config(folder)
-    heads = Heads(config)
+    heads = build_heads(config)
     load_weights_into(heads, os.path.join(folder, WEIGHTS_FILE), "heads")
     heads.eval()
     return config, heads
@@ -282,7 +342,8 @@ class TrainedEncoder(EncoderBase):
                                        f"{self.config.input_dims.get(f'{side}.{n}')}, base gives {want}")
         w = self.config.blend
         base_dim = RICH_IMAGE_DIMS["bridge"] if self.rich else base.dim
-        self.dim = self.config.embed_dim if w >= 1 else base_dim if w <= 0 else self.config.embed_dim + base_dim
+        learned = self.config.learned_dim
+        self.dim = learned if w >= 1 else base_dim if w <= 0 else learned + base_dim
         self.image_size = base.image_size
         self.spec = spec or f"heads:{self.folder}"
         digest = state_digest([self.heads], extra=base.fingerprint + self.config.semantic_json())

@@ -54,6 +54,7 @@ def load_weights_into(module: torch.nn.Module, path: str, what: str) -> None:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"cannot read weights file {path}: {e}") from None
+    tensors = dequantise_rows(tensors, path)
     expected = module.state_dict()
     for name, ref in expected.items():
         if name not in tensors:
@@ -65,3 +66,36 @@ def load_weights_into(module: torch.nn.Module, path: str, what: str) -> None:
     if extra:
         raise WeightsError(f"weights file {path} does not fit {what} config: unexpected tensor {extra[0]}")
     module.load_state_dict({k: v.float() for k, v in tensors.items()})
+
+
+SCALE_SUFFIX = ".int8_scale"
+
+
+def quantise_rows(tensors: dict[str, torch.Tensor], min_numel: int = 4096,
+                  keep: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Matrices of at least ``min_numel`` entries (names not in ``keep``) as int8 with one float16 scale per
+    row (``<name>.int8_scale``): q = round(x / s * 127), s = max |x| of the row; other tensors unchanged."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.ndim == 2 and t.numel() >= min_numel and name not in keep:
+            x = t.detach().float()
+            scale = x.abs().amax(dim=1).clamp(min=1e-12)
+            out[name] = torch.round(x / scale[:, None] * 127).to(torch.int8).contiguous()
+            out[name + SCALE_SUFFIX] = (scale / 127).half().contiguous()
+        else:
+            out[name] = t
+    return out
+
+
+def dequantise_rows(tensors: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+    """The inverse of ``quantise_rows`` (float32 matrices); WeightsError on a scale without its int8 matrix."""
+    out = {k: v for k, v in tensors.items() if not k.endswith(SCALE_SUFFIX)}
+    for key, scale in tensors.items():
+        if not key.endswith(SCALE_SUFFIX):
+            continue
+        name = key[: -len(SCALE_SUFFIX)]
+        q = out.get(name)
+        if q is None or q.dtype != torch.int8 or q.ndim != 2 or tuple(scale.shape) != (q.shape[0],):
+            raise WeightsError(f"weights file {path} holds a malformed int8 tensor {name}")
+        out[name] = q.float() * scale.float()[:, None]
+    return out

@@ -156,6 +156,30 @@ def test_ensemble_joins_members_trained_with_successive_seeds(tiny_features, bri
         train_heads(train, None, replace(options, ensemble_dim=16), "bridge", show_progress=False)
 
 
+@needs_flickr
+def test_int8_weights_are_smaller_and_embed_alike(tiny_features, bridge, tmp_path):
+    train, _, _, _ = tiny_features
+    result = train_heads(train, None, TrainOptions(epochs=1, batch_size=64, hidden_dim=64, embed_dim=32), "bridge",
+                         show_progress=False)
+    save_heads(tmp_path / "fp16", result.config, result.state_dict)
+    save_heads(tmp_path / "int8", result.config, result.state_dict, int8=True)
+    size = {k: (tmp_path / k / WEIGHTS_FILE).stat().st_size for k in ("fp16", "int8")}
+    assert size["int8"] < 0.6 * size["fp16"], size
+    texts = ["a dog runs on the grass", "two children play in the water", "a man on a bike"]
+    a = TrainedEncoder(tmp_path / "fp16", base=bridge).encode_texts(texts)
+    b = TrainedEncoder(tmp_path / "int8", base=bridge).encode_texts(texts)
+    assert np.abs(a - b).max() < 0.02 and np.all(np.sum(a * b, axis=1) > 0.999)
+
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(tmp_path / "int8" / WEIGHTS_FILE)
+    scale = next(k for k in tensors if k.endswith(".int8_scale"))
+    tensors[scale] = tensors[scale][:-1]
+    save_file(tensors, tmp_path / "int8" / WEIGHTS_FILE)
+    with pytest.raises(WeightsError, match="malformed int8 tensor"):
+        load_heads(tmp_path / "int8")
+
+
 def test_roundtrip_on_any_base_encoder(tmp_path):
     """Heads on a non-bundled base read its embeddings ("base" inputs), e.g. an hf: CLIP."""
     fake = FakeEncoder()

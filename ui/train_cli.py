@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_heads(train_feats, dev_feats, options, base_spec, show_progress=not args.no_progress)
     command = "imgsearch " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     save_heads(args.out, result.config, result.state_dict,
-               model_card(result, train_set.root, command, feature_seconds))
+               model_card(result, train_set.root, command, feature_seconds), int8=args.int8)
     summary = {"out": os.path.abspath(args.out), "spec": f"heads:{os.path.abspath(args.out)}", "base": base_spec,
                "feature_seconds": round(feature_seconds, 1), **result.summary()}
     if args.json:
@@ -138,6 +138,8 @@ def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> No
     p.add_argument("--members", type=int, default=1, metavar="N",
                    help="train N head pairs (seeds SEED..SEED+N-1) and ship them as one ensemble: vectors grow by"
                         " 256 per extra member unless --ensemble-dim (default 1)")
+    p.add_argument("--int8", action="store_true",
+                   help="store the heads' large matrices as int8 with a scale per row (half the size of float16)")
     p.add_argument("--ensemble-dim", type=int, default=0, metavar="D",
                    help="with --members: project the members' joined embedding to D dims (PCA on train), e.g. 256")
     p.add_argument("--dropout", type=float, default=None)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WeightsError
-from ..weights_io import config_from_dict, load_weights_into, read_json_config
+from ..weights_io import config_from_dict, load_weights_into, quantise_rows, read_json_config
 from .base import EncoderBase, state_digest
 from .hubness import load_hubness
 
@@ -264,8 +264,9 @@ def feature_extractors(encoder) -> tuple[Callable, Callable, dict[str, int], dic
 # -- save / load -----------------------------------------------------------------------------
 
 def save_heads(folder: str | os.PathLike, config: HeadsConfig, state_dict: dict[str, torch.Tensor],
-               card_text: str | None = None, fp16: bool = True) -> None:
-    """Write ``heads.safetensors`` (+ ``heads.json``, ``MODEL_CARD.md``) into ``folder``."""
+               card_text: str | None = None, fp16: bool = True, int8: bool = False) -> None:
+    """Write ``heads.safetensors`` (+ ``heads.json``, ``MODEL_CARD.md``) into ``folder``; with ``int8``
+    the large matrices are stored as int8 with a scale per row (a quarter of float32)."""
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
@@ -275,6 +276,8 @@ def save_heads(folder: str | os.PathLike, config: HeadsConfig, state_dict: dict[
         if fp16 and t.is_floating_point() and name != "logit_scale":
             t = t.half()
         tensors[name] = t.contiguous()
+    if int8:
+        tensors = quantise_rows(tensors, keep=("projection",))
     save_file(tensors, os.path.join(folder, WEIGHTS_FILE), metadata={"format": "imgsearch-heads", "version": str(FORMAT_VERSION)})
     with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
         f.write(config.to_json() + "\n")

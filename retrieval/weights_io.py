@@ -88,7 +88,8 @@ def quantise_rows(tensors: dict[str, torch.Tensor], min_numel: int = 4096,
 
 
 def dequantise_rows(tensors: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
-    """The inverse of ``quantise_rows`` (float32 matrices); WeightsError on a scale without its int8 matrix."""
+    """The inverse of ``quantise_rows`` (float32 matrices); WeightsError on a scale without its int8 matrix
+    or an int8 matrix without its scale."""
     out = {k: v for k, v in tensors.items() if not k.endswith(SCALE_SUFFIX)}
     for key, scale in tensors.items():
         if not key.endswith(SCALE_SUFFIX):
@@ -98,4 +99,7 @@ def dequantise_rows(tensors: dict[str, torch.Tensor], path: str) -> dict[str, to
         if q is None or q.dtype != torch.int8 or q.ndim != 2 or tuple(scale.shape) != (q.shape[0],):
             raise WeightsError(f"weights file {path} holds a malformed int8 tensor {name}")
         out[name] = q.float() * scale.float()[:, None]
+    unscaled = sorted(k for k, v in out.items() if v.dtype == torch.int8)
+    if unscaled:
+        raise WeightsError(f"weights file {path} holds int8 tensor {unscaled[0]} without its scale")
     return out

@@ -174,9 +174,11 @@ def test_int8_weights_are_smaller_and_embed_alike(tiny_features, bridge, tmp_pat
 
     tensors = load_file(tmp_path / "int8" / WEIGHTS_FILE)
     scale = next(k for k in tensors if k.endswith(".int8_scale"))
-    tensors[scale] = tensors[scale][:-1]
-    save_file(tensors, tmp_path / "int8" / WEIGHTS_FILE)
+    save_file({**tensors, scale: tensors[scale][:-1]}, tmp_path / "int8" / WEIGHTS_FILE)
     with pytest.raises(WeightsError, match="malformed int8 tensor"):
+        load_heads(tmp_path / "int8")
+    save_file({k: v for k, v in tensors.items() if k != scale}, tmp_path / "int8" / WEIGHTS_FILE)
+    with pytest.raises(WeightsError, match="without its scale"):
         load_heads(tmp_path / "int8")
 
 

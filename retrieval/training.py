@@ -537,7 +537,8 @@ def fit_hubness(encoder, train: Dataset, dev: Dataset, bank: int = 2000, seed: i
     """Banks of ``bank`` train captions and train photos (a seeded sample), with k and beta per side
     chosen on ``dev``: text->image by R@1 + R@5, image->text by R@1 + R@5; a side that does not
     raise them is left out."""
-    from .encoders.hubness import Hubness, HubnessSide, corrected_similarity, dequantise_bank, quantise_bank
+    from .encoders.hubness import Hubness, HubnessSide, corrected_similarity
+    from .weights_io import from_int8_rows, int8_rows
     from .evaluate import embed_image_files
 
     t0 = time.monotonic()
@@ -549,8 +550,8 @@ def fit_hubness(encoder, train: Dataset, dev: Dataset, bank: int = 2000, seed: i
     cap_idx = np.sort(rng.choice(len(train.captions), n_cap, replace=False))
     try:
         # as stored (int8), so the dev figures below are those of the written file
-        text_bank = dequantise_bank(*quantise_bank(encoder.encode_texts([train.captions[i] for i in cap_idx])))
-        image_bank = dequantise_bank(*quantise_bank(
+        text_bank = from_int8_rows(*int8_rows(encoder.encode_texts([train.captions[i] for i in cap_idx])))
+        image_bank = from_int8_rows(*int8_rows(
             embed_image_files(encoder, [train.images[i] for i in img_idx], show_progress=show_progress)))
         dev_img = embed_image_files(encoder, dev.images, show_progress=show_progress)
     except ImageLoadError as e:

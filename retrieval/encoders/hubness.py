@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import WeightsError
+from ..weights_io import from_int8_rows, int8_rows
 
 HUBNESS_FILE = "hubness.safetensors"
 FORMAT_VERSION = 1
@@ -75,14 +76,14 @@ class Hubness:
                 for kind, s in self.sides.items()}
 
     def save(self, folder: str | os.PathLike) -> None:
-        """Write ``hubness.safetensors`` into ``folder``: banks as int8 (``quantise_bank``), k, beta and
+        """Write ``hubness.safetensors`` into ``folder``: banks as int8 (``weights_io.int8_rows``), k, beta and
         offset in the metadata."""
         import torch
         from safetensors.torch import save_file
 
         tensors = {}
         for kind, s in self.sides.items():
-            q, scale = quantise_bank(s.bank)
+            q, scale = int8_rows(s.bank)
             tensors[f"{kind}.bank"], tensors[f"{kind}.scale"] = torch.from_numpy(q), torch.from_numpy(scale)
         meta = {kind: {"k": s.k, "beta": s.beta, "offset": s.offset} for kind, s in self.sides.items()}
         path = os.path.join(folder, HUBNESS_FILE)
@@ -91,18 +92,6 @@ class Hubness:
                                           "sides": json.dumps(meta, sort_keys=True)})
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-
-
-def quantise_bank(bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 rows and a float32 scale per row (a quarter of float32; cosines move by < 0.005)."""
-    bank = np.asarray(bank, np.float32)
-    scale = (np.maximum(np.abs(bank).max(axis=1), 1e-12) / 127.0).astype(np.float32)
-    return np.round(bank / scale[:, None]).astype(np.int8), scale
-
-
-def dequantise_bank(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """The float32 bank that ``quantise_bank`` stored."""
-    return q.astype(np.float32) * scale[:, None]
 
 
 def load_hubness(folder: str | os.PathLike, dim: int) -> Hubness | None:
@@ -127,7 +116,7 @@ def load_hubness(folder: str | os.PathLike, dim: int) -> Hubness | None:
                 q, scale = f.get_tensor(f"{kind}.bank"), f.get_tensor(f"{kind}.scale")
                 if q.dtype != np.int8 or scale.shape != (len(q),):
                     raise WeightsError(f"{path}: the {kind} bank is not int8 rows with one scale each")
-                bank = dequantise_bank(q, scale)
+                bank = from_int8_rows(q, scale)
                 if bank.ndim != 2 or bank.shape[1] != dim or not len(bank):
                     raise WeightsError(f"{path}: the {kind} bank has shape {tuple(bank.shape)}, the encoder gives {dim}-d vectors")
                 k, beta, offset = int(m["k"]), float(m["beta"]), float(m.get("offset", 0.0))

@@ -340,9 +340,9 @@ def _fit_projection(heads, train: FeatureSet, dim: int) -> torch.Tensor:
     train images (clean view) and captions, as a (members x embed_dim, dim) matrix."""
     heads.eval()
     img_in = {n: train.images[n][0] for n in heads.config.image_inputs}
-    parts = [heads.joined_unprojected(image={n: t[s].float() for n, t in img_in.items()})
+    parts = [heads.joined("image", {n: t[s].float() for n, t in img_in.items()})
              for s in _slices(next(iter(img_in.values())).shape[0])]
-    parts += [heads.joined_unprojected(text={n: train.texts[n][s].float() for n in heads.config.text_inputs})
+    parts += [heads.joined("text", {n: train.texts[n][s].float() for n in heads.config.text_inputs})
               for s in _slices(train.caption_image.shape[0])]
     _, _, vh = torch.linalg.svd(torch.cat(parts).double(), full_matrices=False)
     return vh[:dim].T.float().contiguous()

@@ -146,7 +146,7 @@ def test_ensemble_joins_members_trained_with_successive_seeds(tiny_features, bri
     heads.load_state_dict(full.state_dict)
     heads.eval()
     projected = heads.embed_text(feats) @ heads.embed_image(img_feats).T
-    unprojected = heads.joined_unprojected(text=feats) @ heads.joined_unprojected(image=img_feats).T
+    unprojected = heads.joined("text", feats) @ heads.joined("image", img_feats).T
     torch.testing.assert_close(projected, unprojected, atol=1e-4, rtol=0)
     small = train_heads(train, None, replace(options, members=2, ensemble_dim=16), "bridge", show_progress=False)
     save_heads(tmp_path / "small", small.config, small.state_dict)

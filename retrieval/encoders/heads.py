@@ -152,27 +152,23 @@ class HeadsEnsemble(torch.nn.Module):
         else:
             self.projection = None
 
-    def _join(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        joined = torch.cat(parts, dim=-1) / math.sqrt(len(parts))
+    def joined(self, side: str, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The members' joined embeddings of one side (``image`` or ``text``), before any projection."""
+        parts = [getattr(m, f"embed_{side}")(feats) for m in self.members]
+        return torch.cat(parts, dim=-1) / math.sqrt(len(parts))
+
+    def _project(self, joined: torch.Tensor) -> torch.Tensor:
         if self.projection is None:
             return joined
         return F.normalize(joined @ self.projection.to(joined.dtype), dim=-1)
 
-    def joined_unprojected(self, image: dict[str, torch.Tensor] | None = None,
-                           text: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The members' joined embeddings before the projection (to fit it)."""
-        side = "embed_image" if image is not None else "embed_text"
-        feats = image if image is not None else text
-        parts = [getattr(m, side)(feats) for m in self.members]
-        return torch.cat(parts, dim=-1) / math.sqrt(len(parts))
-
     def embed_image(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """L2-normalised learned image embeddings (all members) from named base features."""
-        return self._join([m.embed_image(feats) for m in self.members])
+        return self._project(self.joined("image", feats))
 
     def embed_text(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """L2-normalised learned text embeddings (all members) from named base features."""
-        return self._join([m.embed_text(feats) for m in self.members])
+        return self._project(self.joined("text", feats))
 
 
 def build_heads(config: HeadsConfig) -> Heads | HeadsEnsemble:

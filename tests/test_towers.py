@@ -43,13 +43,15 @@ def test_towers_stay_eager_under_autograd(default_encoder):
 
 
 @pytest.mark.slow
-def test_larger_lite_variant_is_a_bridge_of_its_own():
+def test_larger_lite_variant_is_a_bridge_of_its_own(default_encoder):
     """``bridge-lite2``: EfficientNet-Lite2 at 260 px, a different encoder, and a working label bridge."""
     from retrieval.encoders import create_encoder
 
     enc = create_encoder("bridge-lite2")
     assert enc.spec == "bridge-lite2" and enc.image_size == 260
-    assert enc.fingerprint != create_encoder("bridge").fingerprint  # its indexes need their own rebuild
+    lite0 = default_encoder.base  # the session's Lite0 bridge (the base of the shipped heads)
+    assert lite0.config.image_variant == 0
+    assert enc.fingerprint != lite0.fingerprint  # its indexes need their own rebuild
     names = ["cat_chelsea.png", "espresso_cup.png", "lake_with_boats.jpg", "dahlia_flower.webp", "gravel.tiff"]
     images = [Image.open(SAMPLE / n).convert("RGB") for n in names]
     vecs, regions = enc.encode_pixels_with_regions(torch.stack([enc.preprocess(im) for im in images]))

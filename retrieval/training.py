@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .encoders.base import batched
-from .encoders.heads import Heads, HeadsConfig, blend, build_heads, feature_extractors
+from .encoders.heads import TOKEN_MASK, TOKEN_STATES, Heads, HeadsConfig, blend, build_heads, feature_extractors
 from .errors import DatasetError, ImageLoadError
 from .evaluate import Dataset, iter_image_batches, recall_from_similarity
 from .images import load_image
@@ -110,6 +110,7 @@ class FeatureSet:
     text_dims: dict[str, int]
     image_blend_input: str
     text_blend_input: str
+    tokens: "CaptionTokens | None" = None  # caption token states, for heads that tune the text tower's last layer
 
     @property
     def views(self) -> int:
@@ -118,9 +119,10 @@ class FeatureSet:
     def subset_images(self, n: int) -> "FeatureSet":
         """The first n images and their captions."""
         keep = self.caption_image < n
+        tokens = self.tokens.select(torch.nonzero(keep).flatten()) if self.tokens is not None else None
         return FeatureSet({k: v[:, :n] for k, v in self.images.items()}, {k: v[keep] for k, v in self.texts.items()},
                           self.caption_image[keep], self.image_dims, self.text_dims,
-                          self.image_blend_input, self.text_blend_input)
+                          self.image_blend_input, self.text_blend_input, tokens)
 
 
 def map_image_view(dataset: Dataset, preprocess: Callable, size: int, view: int, seed: int, batch_size: int,
@@ -146,9 +148,10 @@ def map_image_view(dataset: Dataset, preprocess: Callable, size: int, view: int,
 
 
 def compute_features(encoder, dataset: Dataset, views: int = 0, seed: int = 0, cache_dir: str | None = None,
-                     batch_size: int = 64, show_progress: bool = True, log: Callable[[str], None] | None = None
-                     ) -> FeatureSet:
-    """Base features for every image (1 clean + ``views`` augmented views) and every caption.
+                     batch_size: int = 64, show_progress: bool = True, log: Callable[[str], None] | None = None,
+                     tokens: bool = False) -> FeatureSet:
+    """Base features for every image (1 clean + ``views`` augmented views) and every caption; with
+    ``tokens``, also the captions' token states (bundled towers only; see ``TrainOptions.text_layers``).
 
     With ``cache_dir``, each view and the captions are stored in their own file and reused
     by later calls (a run asking for more views computes only the missing ones).
@@ -200,10 +203,15 @@ def compute_features(encoder, dataset: Dataset, views: int = 0, seed: int = 0, c
     texts = text_part()
     image_views = [view_part(v) for v in range(views + 1)]
     images = {k: torch.stack([iv[k] for iv in image_views]) for k in image_views[0]}
+    caption_tokens = None
+    if tokens:
+        from .rerank.features import compute_caption_tokens
+
+        caption_tokens = compute_caption_tokens(encoder, dataset, cache_dir, show_progress)
     log(f"features for {len(dataset.images)} images x {views + 1} views, {len(dataset.captions)} captions "
         f"ready in {time.monotonic() - t0:.0f}s")
     return FeatureSet(images, texts, torch.as_tensor(dataset.caption_image, dtype=torch.long),
-                      image_dims, text_dims, ib, tb)
+                      image_dims, text_dims, ib, tb, caption_tokens)
 
 
 # -- training --------------------------------------------------------------------------------
@@ -229,6 +237,8 @@ class TrainOptions:
     max_logit_scale: float = 100.0
     members: int = 1  # >1: an ensemble of heads trained with seeds seed, seed + 1, ... (see HeadsEnsemble)
     ensemble_dim: int = 0  # >0 (ensembles): project the joined embedding to this width (PCA on train)
+    text_layers: int = 0  # 1: also train a copy of the text tower's last layer (needs FeatureSet.tokens)
+    text_lr: float = 1e-4  # peak learning rate of that layer
 
 
 def default_inputs(features: FeatureSet) -> tuple[list[str], list[str]]:
@@ -275,13 +285,30 @@ def embed_features(heads: Heads, feats: FeatureSet, w: float, view: int = 0) -> 
     """Blended (image, text) embeddings of a feature set's clean view, as the encoder would give."""
     heads.eval()
     cfg = heads.config
+    if cfg.text_layers and feats.tokens is None:
+        raise DatasetError("these heads tune the text tower's last layer: compute the features with tokens=True")
     img_in = {k: v[view] for k, v in feats.images.items()}
     img = torch.cat([blend(heads.embed_image({n: t[s] for n, t in img_in.items()}), img_in[cfg.image_blend_input][s].float(), w)
                      for s in _slices(img_in[cfg.image_blend_input].shape[0])])
-    txt = torch.cat([blend(heads.embed_text({n: t[s] for n, t in feats.texts.items()}),
-                           feats.texts[cfg.text_blend_input][s].float(), w)
-                     for s in _slices(feats.caption_image.shape[0])])
+    rows = torch.arange(feats.caption_image.shape[0])
+    txt = torch.cat([blend(embed_captions(heads.embed_text, feats, rows[s]), feats.texts[cfg.text_blend_input][s].float(), w)
+                     for s in _slices(len(rows))])
     return img, txt
+
+
+def embed_captions(embed_text: Callable[[dict[str, torch.Tensor]], torch.Tensor], feats: FeatureSet,
+                   rows: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """``embed_text`` of captions ``rows``: from the cached text features, or, when the feature set has
+    token states (heads with ``text_layers``), from those, in chunks of similar length (little padding)."""
+    if feats.tokens is None:
+        return embed_text({n: t[rows] for n, t in feats.texts.items()})
+    order = feats.tokens.lengths(rows).argsort()
+    parts = []
+    for s in range(0, len(rows), chunk):
+        states, mask = feats.tokens.caption_batch(rows[order[s:s + chunk]], prev=True)
+        parts.append(embed_text({TOKEN_STATES: states, TOKEN_MASK: mask}))
+    out = torch.cat(parts)
+    return out[order.argsort()]
 
 
 def _slices(n: int, size: int = 4096) -> list[slice]:
@@ -342,8 +369,8 @@ def _fit_projection(heads, train: FeatureSet, dim: int) -> torch.Tensor:
     img_in = {n: train.images[n][0] for n in heads.config.image_inputs}
     parts = [heads.joined("image", {n: t[s].float() for n, t in img_in.items()})
              for s in _slices(next(iter(img_in.values())).shape[0])]
-    parts += [heads.joined("text", {n: train.texts[n][s].float() for n in heads.config.text_inputs})
-              for s in _slices(train.caption_image.shape[0])]
+    rows = torch.arange(train.caption_image.shape[0])
+    parts += [embed_captions(lambda f: heads.joined("text", f), train, rows[s]) for s in _slices(len(rows))]
     _, _, vh = torch.linalg.svd(torch.cat(parts).double(), full_matrices=False)
     return vh[:dim].T.float().contiguous()
 
@@ -363,11 +390,19 @@ def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptio
                                f"this base gives: {', '.join(known)}")
     dims = {f"image.{n}": train.image_dims[n] for n in image_inputs}
     dims.update({f"text.{n}": train.text_dims[n] for n in text_inputs})
+    if options.text_layers:
+        if options.text_layers != 1:
+            raise DatasetError(f"text_layers must be 0 or 1, got {options.text_layers}")
+        if train.tokens is None or (dev is not None and dev.tokens is None):
+            raise DatasetError("text_layers needs caption token states (compute_features(..., tokens=True) "
+                               "on the bundled towers)")
     config = HeadsConfig(base_spec=base_spec, image_inputs=image_inputs, text_inputs=text_inputs, input_dims=dims,
                          embed_dim=options.embed_dim, hidden_dim=options.hidden_dim, dropout=options.dropout,
                          blend=options.blend, image_blend_input=train.image_blend_input,
-                         text_blend_input=train.text_blend_input)
+                         text_blend_input=train.text_blend_input, text_layers=options.text_layers)
     heads = Heads(config)
+    if heads.text_layers is not None:  # start from the tower's own last layer
+        heads.text_layers.layers[0].load_state_dict(train.tokens.top_layer)
     # inputs as float32 once (features are small); only the ones the heads read
     img_feats = {n: train.images[n].float() for n in image_inputs}
     txt_feats = {n: train.texts[n].float() for n in text_inputs}
@@ -383,11 +418,14 @@ def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptio
     steps_per_epoch = per_image * math.ceil(n_images / batch)
     total = steps_per_epoch * options.epochs
     warmup = max(1, int(options.warmup_epochs * steps_per_epoch))
-    decay, no_decay = [], []
+    decay, no_decay, tower = [], [], []
     for name, p in heads.named_parameters():
-        (no_decay if p.ndim < 2 or name == "logit_scale" else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=options.lr, betas=(0.9, 0.98))
+        (tower if name.startswith("text_layers.") else no_decay if p.ndim < 2 or name == "logit_scale"
+         else decay).append(p)
+    groups = [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if tower:
+        groups.append({"params": tower, "weight_decay": 0.01, "lr": options.text_lr})
+    opt = torch.optim.AdamW(groups, lr=options.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     gen = torch.Generator().manual_seed(options.seed)
@@ -408,7 +446,8 @@ def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptio
                 view = torch.randint(0, n_views, (len(idx),), generator=gen)
                 caps = torch.stack([cap_perm[i][slot % len(cap_perm[i])] for i in idx.tolist()])
                 img = heads.embed_image({n: t[view, idx] for n, t in img_feats.items()})
-                txt = heads.embed_text({n: t[caps] for n, t in txt_feats.items()})
+                txt = (heads.embed_text({n: t[caps] for n, t in txt_feats.items()}) if heads.text_layers is None
+                       else embed_captions(heads.embed_text, train, caps))
                 scale = heads.logit_scale.exp().clamp(max=options.max_logit_scale)
                 logits = scale * txt @ img.T
                 target = torch.arange(len(idx))
@@ -495,6 +534,10 @@ def model_card(result: TrainResult, dataset_root: str, command: str, feature_sec
            + (f"; the joined {cfg.embed_dim * cfg.members}-d embedding projected to {cfg.ensemble_dim}-d (uncentred PCA"
               " of the train photos' and captions' joined embeddings) and L2-normalised" if cfg.ensemble_dim else "")]
           if cfg.members > 1 else []),
+        *([f"- text: a copy of the MiniLM tower's last layer, started from the tower's weights, trained with the heads"
+           f" (AdamW lr {o.get('text_lr')}, weight decay 0.01) on the cached input states of that layer; the text head"
+           " reads its mean- and max-pooled token states, and the blend keeps the frozen tower's embedding"]
+          if cfg.text_layers else []),
         f"- image views per training image: {cfg.train.get('train_views')} (1 clean centre crop + augmented: random"
         " resized crop 0.35-1, flip, colour jitter, 10% greyscale); all captions of each image used every epoch",
         f"- final embedding: [√w·head, √(1−w)·base] with w = {cfg.blend}, so cosine = w·learned + (1−w)·base"

@@ -111,6 +111,54 @@ def test_save_load_roundtrip_gives_identical_embeddings(tiny_features, bridge, t
 
 
 @needs_flickr
+def test_tuned_text_layer_trains_saves_and_encodes_like_training(tiny_features, bridge, tmp_path):
+    """--text-layers 1: a copy of MiniLM's last layer, started from the tower's own weights (so untrained it
+    gives the cached text features), is trained with the heads; the saved encoder's text vectors equal the
+    training-side embedding of the cached token states."""
+    from retrieval.encoders.heads import TOKEN_MASK, TOKEN_STATES, pooled_text_features
+    from retrieval.training import embed_features
+
+    _, _, cache, train_set = tiny_features
+    dev_set = load_dataset(str(FLICKR8K), "dev").subset(64)
+    train = compute_features(bridge, train_set, views=1, seed=0, cache_dir=cache, show_progress=False, tokens=True)
+    dev = compute_features(bridge, dev_set, views=0, seed=0, cache_dir=cache, show_progress=False, tokens=True)
+    assert len(train.tokens.offsets) == len(train_set.captions) + 1
+    options = TrainOptions(epochs=6, batch_size=64, seed=0, blend=0.6, hidden_dim=128, embed_dim=64, patience=100,
+                           text_layers=1, text_lr=3e-4)
+    result = train_heads(train, dev, options, "bridge", show_progress=False)
+    assert result.config.text_layers == 1
+    tower_layer = train.tokens.top_layer
+    tuned = {k[len("text_layers.layers.0."):]: v for k, v in result.state_dict.items() if k.startswith("text_layers.")}
+    assert tuned.keys() == tower_layer.keys()
+    assert not torch.allclose(tuned["intermediate.dense.weight"], tower_layer["intermediate.dense.weight"])
+
+    # started from the tower's layer: untrained, the copy reproduces the cached (frozen) text features
+    torch.manual_seed(0)
+    untrained = Heads(result.config)
+    untrained.text_layers.layers[0].load_state_dict(tower_layer)
+    untrained.eval()
+    states, mask = dev.tokens.caption_batch(torch.arange(8), prev=True)
+    with torch.no_grad():
+        again = pooled_text_features(untrained.text_layers(states, mask), mask, ["minilm", "minilm_max"])
+    torch.testing.assert_close(again["minilm"], dev.texts["minilm"][:8].float(), atol=2e-3, rtol=0)
+    torch.testing.assert_close(again["minilm_max"], dev.texts["minilm_max"][:8].float(), atol=2e-2, rtol=0)
+    assert rsum(result.dev["blended"]) > rsum(dev_recall(untrained, dev, 0.6)) + 20
+
+    save_heads(tmp_path, result.config, result.state_dict, "# card\n", int8=True)
+    enc = TrainedEncoder(tmp_path, base=bridge)
+    assert enc.config.text_layers == 1 and enc.dim == 64 + 384
+    heads = load_heads(tmp_path)[1]
+    _, txt = embed_features(heads, dev, 0.6)
+    vecs = enc.encode_texts(dev_set.captions[:20])
+    np.testing.assert_allclose(vecs, txt[:20].numpy(), atol=2e-2)
+    # heads that tune the text layer cannot be embedded from pooled features alone
+    with pytest.raises(DatasetError, match="tokens=True"):
+        embed_features(heads, replace(dev, tokens=None), 0.6)
+    with pytest.raises(DatasetError, match="caption token states"):
+        train_heads(replace(train, tokens=None), dev, options, "bridge", show_progress=False)
+
+
+@needs_flickr
 def test_ensemble_joins_members_trained_with_successive_seeds(tiny_features, bridge, tmp_path):
     """--members 2: the second member is the single run with seed + 1; the learned cosine is the members' mean."""
     train, dev, _, _ = tiny_features
@@ -326,6 +374,8 @@ def test_train_cli_json(tmp_path, tiny_features, capsys):
     ({"members": 0}, "members must be a whole number >= 1"),
     ({"ensemble_dim": 4}, "ensemble_dim must be 0, or at most members x embed_dim for an ensemble"),
     ({"members": 2, "ensemble_dim": 17}, "ensemble_dim must be 0, or at most members x embed_dim"),
+    ({"text_layers": 2}, "text_layers must be 0 or 1"),
+    ({"text_layers": 1}, "text_layers needs the bundled MiniLM tower's text inputs"),
 ])
 def test_heads_config_refuses_unknown_keys_other_versions_and_bad_values(change, message):
     from dataclasses import asdict

@@ -31,6 +31,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--ensemble-dim needs --members > 1 and must be between 1 and {width} x --members")
     if not 0.0 <= args.blend <= 1.0:
         raise UsageError("--blend must be between 0 and 1")
+    if args.text_layers not in (0, 1):
+        raise UsageError("--text-layers must be 0 or 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     base_spec = base_spec_for(args.model)
@@ -41,13 +43,14 @@ def cmd_train(args: argparse.Namespace) -> int:
          + (f", selecting on {len(dev_set.images)} {args.dev_split} images" if dev_set else ""))
     cache = args.cache or os.path.join(tempfile.gettempdir(), "imgsearch-features")
     t0 = time.monotonic()
+    tokens = args.text_layers > 0
     train_feats = compute_features(encoder, train_set, views=args.views, seed=args.seed, cache_dir=cache,
-                                   show_progress=not args.no_progress, log=_log)
+                                   show_progress=not args.no_progress, log=_log, tokens=tokens)
     dev_feats = (compute_features(encoder, dev_set, views=0, seed=args.seed, cache_dir=cache,
-                                  show_progress=not args.no_progress, log=_log) if dev_set else None)
+                                  show_progress=not args.no_progress, log=_log, tokens=tokens) if dev_set else None)
     feature_seconds = time.monotonic() - t0
     tuned = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "patience", "hidden_dim", "dropout",
-                                           "weight_decay") if getattr(args, k) is not None}
+                                           "weight_decay", "text_lr") if getattr(args, k) is not None}
     for key in ("image_inputs", "text_inputs"):
         names = getattr(args, key, None)
         if names:
@@ -55,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.label_smoothing is not None:
         tuned["label_smoothing"] = args.label_smoothing
     options = TrainOptions(seed=args.seed, blend=args.blend, members=args.members, ensemble_dim=args.ensemble_dim,
-                           **tuned)
+                           text_layers=args.text_layers, **tuned)
     result = train_heads(train_feats, dev_feats, options, base_spec, show_progress=not args.no_progress)
     command = "imgsearch " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     save_heads(args.out, result.config, result.state_dict,
@@ -142,6 +145,9 @@ def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> No
                    help="store the heads' large matrices as int8 with a scale per row (half the size of float16)")
     p.add_argument("--ensemble-dim", type=int, default=0, metavar="D",
                    help="with --members: project the members' joined embedding to D dims (PCA on train), e.g. 256")
+    p.add_argument("--text-layers", type=int, default=0, choices=(0, 1), metavar="N",
+                   help="1: also train a copy of the MiniLM text tower's last layer (bundled towers; slower training)")
+    p.add_argument("--text-lr", type=float, default=None, help="peak learning rate of that layer (default 1e-4)")
     p.add_argument("--dropout", type=float, default=None)
     p.add_argument("--image-inputs", default=None, metavar="A,B",
                    help="image head inputs, comma-separated (bundled towers: pooled, maxpool, grid, logprobs, bridge)")

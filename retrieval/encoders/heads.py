@@ -55,6 +55,7 @@ class HeadsConfig:
     text_blend_input: str = "minilm"
     members: int = 1  # independently trained head pairs, their unit embeddings concatenated (an ensemble)
     ensemble_dim: int = 0  # >0: the members' joined embedding projected to this width (PCA fitted on train)
+    text_layers: int = 0  # 1: a trained copy of MiniLM's last layer feeds the text head (bundled towers only)
     format_version: int = FORMAT_VERSION
     train: dict = field(default_factory=dict)  # provenance only (recipe, metrics); not used to build
 
@@ -72,6 +73,10 @@ class HeadsConfig:
                 or (cfg.ensemble_dim and cfg.members == 1):
             raise WeightsError(f"heads config ensemble_dim must be 0, or at most members x embed_dim for an "
                                f"ensemble, got {cfg.ensemble_dim!r}")
+        if cfg.text_layers not in (0, 1) or isinstance(cfg.text_layers, bool):
+            raise WeightsError(f"heads config text_layers must be 0 or 1, got {cfg.text_layers!r}")
+        if cfg.text_layers and not set(cfg.text_inputs) <= set(RICH_TEXT_DIMS):
+            raise WeightsError("heads config text_layers needs the bundled MiniLM tower's text inputs")
         return cfg
 
     @property
@@ -93,6 +98,8 @@ class HeadsConfig:
         if data["members"] == 1:  # as before ensembles existed: single heads keep their fingerprint
             data.pop("members")
             data.pop("ensemble_dim")
+        if not data["text_layers"]:  # as before tuned text layers existed
+            data.pop("text_layers")
         return json.dumps(data, sort_keys=True)
 
 
@@ -116,8 +123,56 @@ class ProjectionHead(torch.nn.Module):
         return self.proj(x) + self.mlp(x)
 
 
+def minilm_layer_config():
+    """The transformers config of one all-MiniLM-L6-v2 layer (what ``TunedTextLayers`` copies)."""
+    from transformers import BertConfig
+
+    return BertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536, hidden_act="gelu",
+                      layer_norm_eps=1e-12, attn_implementation="eager")
+
+
+class TunedTextLayers(torch.nn.Module):
+    """Trained copies of the text tower's top layers: the input states of those layers in, token states out."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        from transformers.models.bert.modeling_bert import BertLayer
+
+        cfg = minilm_layer_config()
+        self.layers = torch.nn.ModuleList(BertLayer(cfg) for _ in range(n))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        states = states.float()
+        additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for layer in self.layers:
+            out = layer(states, attention_mask=additive)
+            states = out[0] if isinstance(out, (tuple, list)) else out
+        return states
+
+
+def pooled_text_features(states: torch.Tensor, mask: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The named text inputs (``RICH_TEXT_DIMS``) from MiniLM token states (n, L, 384) and the (n, L) mask."""
+    mask = mask.unsqueeze(-1).to(states.dtype)
+    out: dict[str, torch.Tensor] = {}
+    for n in names:
+        if n == "minilm":
+            out[n] = F.normalize((states * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+        elif n == "minilm_max":
+            out[n] = states.masked_fill(mask == 0, -1e4).amax(dim=1)
+        elif n == "cls":
+            out[n] = states[:, 0]
+        else:
+            raise WeightsError(f"unknown text input '{n}' for the bundled towers")
+    return out
+
+
+# names of the text tower's layer-input states and mask in a features dict (heads with text_layers)
+TOKEN_STATES, TOKEN_MASK = "token_states_in", "token_mask"
+
+
 class Heads(torch.nn.Module):
-    """The image head, the text head and the learnable temperature (CLIP init 1/0.07)."""
+    """The image head, the text head and the learnable temperature (CLIP init 1/0.07); with
+    ``config.text_layers``, a trained copy of the text tower's last layer in front of the text head."""
 
     def __init__(self, config: HeadsConfig) -> None:
         super().__init__()
@@ -126,13 +181,18 @@ class Heads(torch.nn.Module):
         self.image = ProjectionHead(config.dims("image"), *args)
         self.text = ProjectionHead(config.dims("text"), *args)
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.text_layers = TunedTextLayers(config.text_layers) if config.text_layers else None
 
     def embed_image(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """L2-normalised learned image embeddings from named base features."""
         return F.normalize(self.image([feats[n] for n in self.config.image_inputs]), dim=-1)
 
     def embed_text(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """L2-normalised learned text embeddings from named base features."""
+        """L2-normalised learned text embeddings from named base features (with ``text_layers``: from
+        ``feats[TOKEN_STATES]`` and ``feats[TOKEN_MASK]``, the input of the tower's last layer)."""
+        if self.text_layers is not None:
+            states = self.text_layers(feats[TOKEN_STATES], feats[TOKEN_MASK])
+            feats = pooled_text_features(states, feats[TOKEN_MASK], self.config.text_inputs)
         return F.normalize(self.text([feats[n] for n in self.config.text_inputs]), dim=-1)
 
 
@@ -212,23 +272,19 @@ def features_from(encoder, f, names: Sequence[str] | None = None) -> dict[str, t
     return out
 
 
-def rich_text_features(encoder, texts: list[str], names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """Named features of the MiniLM tower (a ``DefaultEncoder``) for a batch of texts."""
-    names = list(names or RICH_TEXT_DIMS)
+def rich_text_features(encoder, texts: list[str], names: Sequence[str] | None = None,
+                       layer_input: bool = False) -> dict[str, torch.Tensor]:
+    """Named features of the MiniLM tower (a ``DefaultEncoder``) for a batch of texts; with
+    ``layer_input``, also the last layer's input states and the mask (``TOKEN_STATES``, ``TOKEN_MASK``)."""
     tower = encoder.text_tower
     batch = tower.tokenize(texts, encoder.device)
-    states = tower.token_states(batch)
-    mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-    out: dict[str, torch.Tensor] = {}
-    for n in names:
-        if n == "minilm":
-            out[n] = F.normalize((states * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
-        elif n == "minilm_max":
-            out[n] = states.masked_fill(mask == 0, -1e4).amax(dim=1)
-        elif n == "cls":
-            out[n] = states[:, 0]
-        else:
-            raise WeightsError(f"unknown text input '{n}' for the bundled towers")
+    if layer_input:
+        states, before_last = tower.token_states_and_input(batch)
+    else:
+        states = tower.token_states(batch)
+    out = pooled_text_features(states, batch["attention_mask"], list(names or RICH_TEXT_DIMS))
+    if layer_input:
+        out[TOKEN_STATES], out[TOKEN_MASK] = before_last, batch["attention_mask"].bool()
     return out
 
 
@@ -330,7 +386,7 @@ class TrainedEncoder(EncoderBase):
             for n in self.config.image_inputs + [self.config.image_blend_input]:
                 if n not in RICH_IMAGE_DIMS:
                     raise WeightsError(f"heads in {self.folder} read image input '{n}', which the base does not give")
-        elif set(self.config.image_inputs + self.config.text_inputs) != {"base"}:
+        elif set(self.config.image_inputs + self.config.text_inputs) != {"base"} or self.config.text_layers:
             raise WeightsError(f"heads in {self.folder} were trained on the bundled towers, not on {base.spec}")
         for side, names, dims in (("image", self.config.image_inputs, RICH_IMAGE_DIMS),
                                   ("text", self.config.text_inputs, RICH_TEXT_DIMS)):
@@ -362,7 +418,7 @@ class TrainedEncoder(EncoderBase):
     def _text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
         names = list(dict.fromkeys(self.config.text_inputs + [self.config.text_blend_input]))
         if self.rich:
-            return rich_text_features(self.base, texts, names)
+            return rich_text_features(self.base, texts, names, layer_input=bool(self.config.text_layers))
         return {"base": torch.from_numpy(self.base.encode_texts(texts)).to(self.device)}
 
     def encode_pixels(self, pixels: torch.Tensor):

@@ -84,16 +84,20 @@ class _EfficientNetFeatures(torch.nn.Module):
 
 
 class _BertStates(torch.nn.Module):
-    """A BERT-style model's last hidden states from (input_ids, token_type_ids, attention_mask)."""
+    """A BERT-style model's last hidden states from (input_ids, token_type_ids, attention_mask); with
+    ``with_input``, also the hidden states before the last layer."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, with_input: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.with_input = with_input
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
-                ) -> torch.Tensor:
-        return self.model(input_ids=input_ids, token_type_ids=token_type_ids,
-                          attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                         output_hidden_states=self.with_input)
+        if self.with_input:
+            return out.last_hidden_state, out.hidden_states[-2]
+        return out.last_hidden_state
 
 
 @dataclass
@@ -195,18 +199,25 @@ class MiniLMTower(torch.nn.Module):
         self.model.eval()
         self.dim = int(self.model.config.hidden_size)
         self._traced = _TracedForward(_BertStates(self.model))
+        self._traced_with_input = _TracedForward(_BertStates(self.model, with_input=True))
 
     def tokenize(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         """Token ids and attention mask for a batch of texts, truncated to max_length."""
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {k: v.to(device) for k, v in enc.items()}
 
+    @staticmethod
+    def _inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        types = batch.get("token_type_ids")
+        return batch["input_ids"], torch.zeros_like(batch["input_ids"]) if types is None else types, batch["attention_mask"]
+
     def token_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-token hidden states (n, L, 384)."""
-        inputs = (batch["input_ids"], batch.get("token_type_ids"), batch["attention_mask"])
-        if inputs[1] is None:
-            inputs = (inputs[0], torch.zeros_like(inputs[0]), inputs[2])
-        return self._traced(self, *inputs)
+        return self._traced(self, *self._inputs(batch))
+
+    def token_states_and_input(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token hidden states (n, L, 384) and the last layer's input states (n, L, 384)."""
+        return self._traced_with_input(self, *self._inputs(batch))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean-pooled sentence embeddings (n, 384), not yet normalised."""

@@ -65,6 +65,43 @@ def text_token_states(text_tower, texts: list[str], device, layers: tuple[int, .
     return [out.hidden_states[i].float() for i in layers], enc["attention_mask"]
 
 
+def _padded(src: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``offsets[i]:offsets[i+1]`` of ``src`` for each i in ``idx``, padded: (B, L, d) float32, (B, L) mask."""
+    starts, ends = offsets[idx], offsets[idx + 1]
+    lengths = ends - starts
+    L = int(lengths.max())
+    ar = torch.arange(L)
+    mask = ar[None, :] < lengths[:, None]
+    gather = (starts[:, None] + ar[None, :]).clamp(max=src.shape[0] - 1)
+    return src[gather].float() * mask[..., None], mask
+
+
+@dataclass
+class CaptionTokens:
+    """MiniLM token states of a split's captions, unpadded, back to back: the last layer and the layer
+    before it (its input), and that last layer's weights (``top_layer``, to start a tuned copy from)."""
+
+    tokens: torch.Tensor  # (T, 384) float16
+    tokens_prev: torch.Tensor  # (T, 384) float16
+    offsets: torch.Tensor  # (C + 1,) int64
+    top_layer: dict[str, torch.Tensor]
+
+    def caption_batch(self, idx: torch.Tensor, prev: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded (B, L, 384) float32 states and a (B, L) bool mask for captions ``idx``."""
+        return _padded(self.tokens_prev if prev else self.tokens, self.offsets, idx)
+
+    def lengths(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token counts of captions ``idx``."""
+        return self.offsets[idx + 1] - self.offsets[idx]
+
+    def select(self, idx: torch.Tensor) -> "CaptionTokens":
+        """Only captions ``idx``, in that order."""
+        starts, ends = self.offsets[idx], self.offsets[idx + 1]
+        rows = torch.cat([torch.arange(int(s), int(e)) for s, e in zip(starts, ends)])
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), (ends - starts).cumsum(0)])
+        return CaptionTokens(self.tokens[rows], self.tokens_prev[rows], offsets, self.top_layer)
+
+
 @dataclass
 class RerankFeatures:
     """Cached features of one split: regions per view (V, N, R, C) fp16; ragged caption tokens."""
@@ -77,55 +114,65 @@ class RerankFeatures:
 
     def caption_batch(self, idx: torch.Tensor, prev: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded (B, L, 384) float32 states and a (B, L) bool mask for captions ``idx``."""
-        src = self.tokens_prev if prev else self.tokens
-        starts, ends = self.offsets[idx], self.offsets[idx + 1]
-        lengths = ends - starts
-        L = int(lengths.max())
-        ar = torch.arange(L)
-        mask = ar[None, :] < lengths[:, None]
-        gather = (starts[:, None] + ar[None, :]).clamp(max=src.shape[0] - 1)
-        states = src[gather].float() * mask[..., None]
-        return states, mask
+        return _padded(self.tokens_prev if prev else self.tokens, self.offsets, idx)
+
+
+def _cache_folder(towers, dataset: Dataset, cache_dir: str | None) -> str | None:
+    from ..training import _cache_key
+
+    if not cache_dir:
+        return None
+    folder = os.path.join(cache_dir, f"rerank-{dataset.split or 'all'}-{_cache_key(towers, dataset, FEATURE_VERSION)}")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def compute_caption_tokens(encoder, dataset: Dataset, cache_dir: str | None = None,
+                           show_progress: bool = True) -> CaptionTokens:
+    """Token states (last layer and the one before) of every caption, cached in ``cache_dir``."""
+    from ..training import _load, _save
+
+    towers = base_towers(encoder)
+    if towers is None:
+        raise EncoderSpecError(f"{encoder.spec} gives no token states (they need the bundled MiniLM tower)")
+    folder = _cache_folder(towers, dataset, cache_dir)
+    top_layer = {k: v.detach().clone() for k, v in towers.text_tower.model.encoder.layer[-1].state_dict().items()}
+    path = folder and os.path.join(folder, "tokens.safetensors")
+    if path and os.path.isfile(path):
+        t = _load(path)
+        return CaptionTokens(t["tokens"], t["tokens_prev"], t["offsets"].long(), top_layer)
+    order = sorted(range(len(dataset.captions)), key=lambda i: len(dataset.captions[i]))
+    per_caption: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(order)  # type: ignore[list-item]
+    with tqdm(total=len(order), desc=f"caption tokens {dataset.split or ''}", unit="cap", file=sys.stderr,
+              disable=not show_progress) as bar:
+        for chunk in batched(order, 256):
+            (prev, last), mask = text_token_states(towers.text_tower, [dataset.captions[i] for i in chunk],
+                                                   towers.device, layers=(-2, -1))
+            for row, i in enumerate(chunk):
+                m = mask[row].bool()
+                per_caption[i] = (last[row][m].half().cpu(), prev[row][m].half().cpu())
+            bar.update(len(chunk))
+    lengths = torch.tensor([p[0].shape[0] for p in per_caption])
+    out = {"tokens": torch.cat([p[0] for p in per_caption]), "tokens_prev": torch.cat([p[1] for p in per_caption]),
+           "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])}
+    if path:
+        _save(path, out, {"split": dataset.split, "captions": len(order)})
+    return CaptionTokens(out["tokens"], out["tokens_prev"], out["offsets"], top_layer)
 
 
 def compute_rerank_features(encoder, dataset: Dataset, views: int = 0, seed: int = 0, cache_dir: str | None = None,
                             batch_size: int = 64, show_progress: bool = True,
                             log: Callable[[str], None] | None = None) -> RerankFeatures:
     """Regions for every image (1 clean + ``views`` augmented views) and token states for every caption, cached."""
-    from ..training import _cache_key, _load, _save, map_image_view
+    from ..training import _load, _save, map_image_view
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     towers = base_towers(encoder)
     if towers is None:
         raise EncoderSpecError(f"{encoder.spec} gives no region features (the fusion reranker needs the bundled towers)")
-    folder = None
-    if cache_dir:
-        folder = os.path.join(cache_dir, f"rerank-{dataset.split or 'all'}-{_cache_key(towers, dataset, FEATURE_VERSION)}")
-        os.makedirs(folder, exist_ok=True)
+    folder = _cache_folder(towers, dataset, cache_dir)
     size = towers.image_size
     t0 = time.monotonic()
-
-    def text_part() -> dict[str, torch.Tensor]:
-        path = folder and os.path.join(folder, "tokens.safetensors")
-        if path and os.path.isfile(path):
-            return _load(path)
-        order = sorted(range(len(dataset.captions)), key=lambda i: len(dataset.captions[i]))
-        per_caption: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(order)  # type: ignore[list-item]
-        with tqdm(total=len(order), desc=f"caption tokens {dataset.split or ''}", unit="cap", file=sys.stderr,
-                  disable=not show_progress) as bar:
-            for chunk in batched(order, 256):
-                (prev, last), mask = text_token_states(towers.text_tower, [dataset.captions[i] for i in chunk],
-                                                       towers.device, layers=(-2, -1))
-                for row, i in enumerate(chunk):
-                    m = mask[row].bool()
-                    per_caption[i] = (last[row][m].half().cpu(), prev[row][m].half().cpu())
-                bar.update(len(chunk))
-        lengths = torch.tensor([p[0].shape[0] for p in per_caption])
-        out = {"tokens": torch.cat([p[0] for p in per_caption]), "tokens_prev": torch.cat([p[1] for p in per_caption]),
-               "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])}
-        if path:
-            _save(path, out, {"split": dataset.split, "captions": len(order)})
-        return out
 
     def view_part(v: int) -> torch.Tensor:
         path = folder and os.path.join(folder, f"regions-view{v}-seed{seed if v else 0}.safetensors")
@@ -140,9 +187,9 @@ def compute_rerank_features(encoder, dataset: Dataset, views: int = 0, seed: int
             _save(path, {"regions": out}, {"split": dataset.split, "view": v, "seed": seed})
         return out
 
-    text = text_part()
+    text = compute_caption_tokens(encoder, dataset, cache_dir, show_progress)
     regions = torch.stack([view_part(v) for v in range(views + 1)])
     log(f"rerank features for {len(dataset.images)} images x {views + 1} views, {len(dataset.captions)} captions "
         f"ready in {time.monotonic() - t0:.0f}s")
-    return RerankFeatures(regions, text["tokens"], text["tokens_prev"], text["offsets"].long(),
+    return RerankFeatures(regions, text.tokens, text.tokens_prev, text.offsets,
                           torch.as_tensor(dataset.caption_image, dtype=torch.long))

@@ -317,7 +317,8 @@ def dual_similarity(encoder, dataset: Dataset, cache_dir: str | None = None, sho
     if isinstance(encoder, TrainedEncoder) and is_rich(encoder.base) and cache_dir:
         from ..training import compute_features, embed_features
 
-        feats = compute_features(encoder.base, dataset, views=0, cache_dir=cache_dir, show_progress=show_progress)
+        feats = compute_features(encoder.base, dataset, views=0, cache_dir=cache_dir, show_progress=show_progress,
+                                 tokens=bool(encoder.config.text_layers))
         img, txt = embed_features(encoder.heads, feats, encoder.config.blend)
         return (txt @ img.T).numpy().astype(np.float32)
     img = embed_image_files(encoder, dataset.images, show_progress=show_progress)

@@ -310,7 +310,8 @@ def test_shipped_default_differs_from_bridge(bridge):
     assert default.fingerprint != bridge.fingerprint
     assert default.config.base_spec == "bridge"
     size = sum(p.stat().st_size for p in (REPO / "retrieval" / "weights").iterdir())
-    assert size < 11_000_000  # heads 8.1 MB (int8) + hubness banks 2.6 MB
+    # heads 11.7 MB (int8: two head pairs, each with its tuned copy of MiniLM's last layer) + hubness banks 2.6 MB
+    assert size < 15_000_000
     card = (REPO / "retrieval" / "weights" / "MODEL_CARD.md").read_text()
     assert "Hodosh" in card and "imgsearch train" in card
 

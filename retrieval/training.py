@@ -200,14 +200,14 @@ def compute_features(encoder, dataset: Dataset, views: int = 0, seed: int = 0, c
         return out
 
     t0 = time.monotonic()
-    texts = text_part()
-    image_views = [view_part(v) for v in range(views + 1)]
-    images = {k: torch.stack([iv[k] for iv in image_views]) for k in image_views[0]}
     caption_tokens = None
-    if tokens:
+    if tokens:  # first: a base without them fails before minutes of image features
         from .rerank.features import compute_caption_tokens
 
         caption_tokens = compute_caption_tokens(encoder, dataset, cache_dir, show_progress)
+    texts = text_part()
+    image_views = [view_part(v) for v in range(views + 1)]
+    images = {k: torch.stack([iv[k] for iv in image_views]) for k in image_views[0]}
     log(f"features for {len(dataset.images)} images x {views + 1} views, {len(dataset.captions)} captions "
         f"ready in {time.monotonic() - t0:.0f}s")
     return FeatureSet(images, texts, torch.as_tensor(dataset.caption_image, dtype=torch.long),
@@ -291,16 +291,17 @@ def embed_features(heads: Heads, feats: FeatureSet, w: float, view: int = 0) -> 
     img = torch.cat([blend(heads.embed_image({n: t[s] for n, t in img_in.items()}), img_in[cfg.image_blend_input][s].float(), w)
                      for s in _slices(img_in[cfg.image_blend_input].shape[0])])
     rows = torch.arange(feats.caption_image.shape[0])
-    txt = torch.cat([blend(embed_captions(heads.embed_text, feats, rows[s]), feats.texts[cfg.text_blend_input][s].float(), w)
+    txt = torch.cat([blend(embed_captions(heads.embed_text, feats, rows[s], bool(cfg.text_layers)),
+                           feats.texts[cfg.text_blend_input][s].float(), w)
                      for s in _slices(len(rows))])
     return img, txt
 
 
 def embed_captions(embed_text: Callable[[dict[str, torch.Tensor]], torch.Tensor], feats: FeatureSet,
-                   rows: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """``embed_text`` of captions ``rows``: from the cached text features, or, when the feature set has
-    token states (heads with ``text_layers``), from those, in chunks of similar length (little padding)."""
-    if feats.tokens is None:
+                   rows: torch.Tensor, from_tokens: bool, chunk: int = 256) -> torch.Tensor:
+    """``embed_text`` of captions ``rows``: from the cached text features, or, ``from_tokens`` (heads with
+    ``text_layers``), from the feature set's token states, in chunks of similar length (little padding)."""
+    if not from_tokens:
         return embed_text({n: t[rows] for n, t in feats.texts.items()})
     order = feats.tokens.lengths(rows).argsort()
     parts = []
@@ -370,7 +371,8 @@ def _fit_projection(heads, train: FeatureSet, dim: int) -> torch.Tensor:
     parts = [heads.joined("image", {n: t[s].float() for n, t in img_in.items()})
              for s in _slices(next(iter(img_in.values())).shape[0])]
     rows = torch.arange(train.caption_image.shape[0])
-    parts += [embed_captions(lambda f: heads.joined("text", f), train, rows[s]) for s in _slices(len(rows))]
+    parts += [embed_captions(lambda f: heads.joined("text", f), train, rows[s], bool(heads.config.text_layers))
+              for s in _slices(len(rows))]
     _, _, vh = torch.linalg.svd(torch.cat(parts).double(), full_matrices=False)
     return vh[:dim].T.float().contiguous()
 
@@ -447,7 +449,7 @@ def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptio
                 caps = torch.stack([cap_perm[i][slot % len(cap_perm[i])] for i in idx.tolist()])
                 img = heads.embed_image({n: t[view, idx] for n, t in img_feats.items()})
                 txt = (heads.embed_text({n: t[caps] for n, t in txt_feats.items()}) if heads.text_layers is None
-                       else embed_captions(heads.embed_text, train, caps))
+                       else embed_captions(heads.embed_text, train, caps, from_tokens=True))
                 scale = heads.logit_scale.exp().clamp(max=options.max_logit_scale)
                 logits = scale * txt @ img.T
                 target = torch.arange(len(idx))

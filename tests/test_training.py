@@ -156,6 +156,13 @@ def test_tuned_text_layer_trains_saves_and_encodes_like_training(tiny_features, 
         embed_features(heads, replace(dev, tokens=None), 0.6)
     with pytest.raises(DatasetError, match="caption token states"):
         train_heads(replace(train, tokens=None), dev, options, "bridge", show_progress=False)
+    # another base has no MiniLM token states: refused before any image is embedded
+    from retrieval.errors import EncoderSpecError
+
+    fake = FakeEncoder()
+    with pytest.raises(EncoderSpecError, match="no token states"):
+        compute_features(fake, dev_set.subset(2), tokens=True, show_progress=False)
+    assert fake.images_embedded == 0
 
 
 @needs_flickr

@@ -31,8 +31,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--ensemble-dim needs --members > 1 and must be between 1 and {width} x --members")
     if not 0.0 <= args.blend <= 1.0:
         raise UsageError("--blend must be between 0 and 1")
-    if args.text_layers not in (0, 1):
-        raise UsageError("--text-layers must be 0 or 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     base_spec = base_spec_for(args.model)

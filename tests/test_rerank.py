@@ -65,11 +65,7 @@ TRAIN_CAPTIONS = 3  # per image; the other captions of each image are held back
 
 def _select_captions(feats: RerankFeatures, idx: np.ndarray) -> RerankFeatures:
     """The same images with only captions ``idx`` (in that order)."""
-    starts, ends = feats.offsets[:-1][idx], feats.offsets[1:][idx]
-    rows = torch.cat([torch.arange(int(s), int(e)) for s, e in zip(starts, ends)])
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), (ends - starts).cumsum(0)])
-    return RerankFeatures(feats.regions, feats.tokens[rows], feats.tokens_prev[rows], offsets,
-                          feats.caption_image[torch.as_tensor(idx)])
+    return feats.select(torch.as_tensor(idx))
 
 
 def _pairwise_accuracy(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -94,27 +94,24 @@ class CaptionTokens:
         """Token counts of captions ``idx``."""
         return self.offsets[idx + 1] - self.offsets[idx]
 
-    def select(self, idx: torch.Tensor) -> "CaptionTokens":
-        """Only captions ``idx``, in that order."""
+    def select(self, idx: torch.Tensor):
+        """Only captions ``idx``, in that order (a copy of the same type)."""
         starts, ends = self.offsets[idx], self.offsets[idx + 1]
         rows = torch.cat([torch.arange(int(s), int(e)) for s, e in zip(starts, ends)])
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), (ends - starts).cumsum(0)])
-        return CaptionTokens(self.tokens[rows], self.tokens_prev[rows], offsets, self.top_layer)
+        return replace(self, tokens=self.tokens[rows], tokens_prev=self.tokens_prev[rows], offsets=offsets)
 
 
 @dataclass
-class RerankFeatures:
-    """Cached features of one split: regions per view (V, N, R, C) fp16; ragged caption tokens."""
+class RerankFeatures(CaptionTokens):
+    """Cached features of one split: regions per view (V, N, R, C) fp16, the captions' token states and their images."""
 
     regions: torch.Tensor  # (V, N, R, C) float16
-    tokens: torch.Tensor  # (T, 384) float16, MiniLM last layer, captions back to back
-    tokens_prev: torch.Tensor  # (T, 384) float16, the layer before (input of the last layer)
-    offsets: torch.Tensor  # (C + 1,) int64: caption j's tokens are tokens[offsets[j]:offsets[j+1]]
     caption_image: torch.Tensor  # (C,) int64
 
-    def caption_batch(self, idx: torch.Tensor, prev: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded (B, L, 384) float32 states and a (B, L) bool mask for captions ``idx``."""
-        return _padded(self.tokens_prev if prev else self.tokens, self.offsets, idx)
+    def select(self, idx: torch.Tensor) -> "RerankFeatures":
+        """The same images with only captions ``idx``, in that order."""
+        return replace(super().select(idx), caption_image=self.caption_image[idx])
 
 
 def _cache_folder(towers, dataset: Dataset, cache_dir: str | None) -> str | None:
@@ -191,5 +188,5 @@ def compute_rerank_features(encoder, dataset: Dataset, views: int = 0, seed: int
     regions = torch.stack([view_part(v) for v in range(views + 1)])
     log(f"rerank features for {len(dataset.images)} images x {views + 1} views, {len(dataset.captions)} captions "
         f"ready in {time.monotonic() - t0:.0f}s")
-    return RerankFeatures(regions, text.tokens, text.tokens_prev, text.offsets,
-                          torch.as_tensor(dataset.caption_image, dtype=torch.long))
+    return RerankFeatures(text.tokens, text.tokens_prev, text.offsets, text.top_layer, regions=regions,
+                          caption_image=torch.as_tensor(dataset.caption_image, dtype=torch.long))

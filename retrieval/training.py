@@ -239,6 +239,7 @@ class TrainOptions:
     ensemble_dim: int = 0  # >0 (ensembles): project the joined embedding to this width (PCA on train)
     text_layers: int = 0  # 1: also train a copy of the text tower's last layer (needs FeatureSet.tokens)
     text_lr: float = 1e-4  # peak learning rate of that layer
+    flip_average: bool = False  # the saved encoder averages each photo with its mirror image (search time only)
 
 
 def default_inputs(features: FeatureSet) -> tuple[list[str], list[str]]:
@@ -401,7 +402,8 @@ def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptio
     config = HeadsConfig(base_spec=base_spec, image_inputs=image_inputs, text_inputs=text_inputs, input_dims=dims,
                          embed_dim=options.embed_dim, hidden_dim=options.hidden_dim, dropout=options.dropout,
                          blend=options.blend, image_blend_input=train.image_blend_input,
-                         text_blend_input=train.text_blend_input, text_layers=options.text_layers)
+                         text_blend_input=train.text_blend_input, text_layers=options.text_layers,
+                         flip_average=options.flip_average)
     heads = Heads(config)
     if heads.text_layers is not None:  # start from the tower's own last layer
         heads.text_layers.layers[0].load_state_dict(train.tokens.top_layer)
@@ -543,10 +545,12 @@ def model_card(result: TrainResult, dataset_root: str, command: str, feature_sec
         f"- image views per training image: {cfg.train.get('train_views')} (1 clean centre crop + augmented: random"
         " resized crop 0.35-1, flip, colour jitter, 10% greyscale); all captions of each image used every epoch",
         f"- final embedding: [√w·head, √(1−w)·base] with w = {cfg.blend}, so cosine = w·learned + (1−w)·base"
-        f" (`{cfg.image_blend_input}` / `{cfg.text_blend_input}`), keeping the base's open vocabulary\n",
+        f" (`{cfg.image_blend_input}` / `{cfg.text_blend_input}`), keeping the base's open vocabulary"
+        + ("\n- photos at search time: the mean of a photo's vector and its mirror image's (`flip_average`; not in the"
+           " dev metrics below, which embed the clean view only)\n" if cfg.flip_average else "\n"),
     ]
     if dev:
-        parts += ["## Dev metrics (blended, as shipped)\n", table(dev["blended"]), "",
+        parts += ["## Dev metrics (blended, at training time)\n", table(dev["blended"]), "",
                   "Learned space alone (w = 1):\n", table(dev["learned_only"]), ""]
     parts += ["## Training time\n",
               f"- feature extraction (frozen towers, cached): {feature_seconds / 60:.1f} min",

@@ -111,6 +111,42 @@ def test_save_load_roundtrip_gives_identical_embeddings(tiny_features, bridge, t
 
 
 @needs_flickr
+def test_flip_average_is_the_mean_of_a_photo_and_its_mirror_image(bridge, tmp_path):
+    """flip_average: a photo's vector is the normalised mean of its own and its mirror image's, so a photo
+    and its mirror image get the same vector; the regions stay those of the photo as given."""
+    from PIL import ImageOps
+
+    from retrieval.encoders.heads import RICH_IMAGE_DIMS, RICH_TEXT_DIMS
+
+    cfg = HeadsConfig(base_spec="bridge", image_inputs=["pooled", "bridge"], text_inputs=["minilm"],
+                      input_dims={"image.pooled": RICH_IMAGE_DIMS["pooled"], "image.bridge": RICH_IMAGE_DIMS["bridge"],
+                                  "text.minilm": RICH_TEXT_DIMS["minilm"]}, embed_dim=32, hidden_dim=64)
+    torch.manual_seed(0)
+    state = Heads(cfg).state_dict()
+    save_heads(tmp_path / "plain", cfg, state, fp16=False)
+    save_heads(tmp_path / "flip", replace(cfg, flip_average=True), state, fp16=False)
+    plain, flip = TrainedEncoder(tmp_path / "plain", base=bridge), TrainedEncoder(tmp_path / "flip", base=bridge)
+    assert plain.fingerprint != flip.fingerprint
+    assert "flip_average" not in cfg.semantic_json()  # heads without it keep their fingerprint
+
+    from retrieval.images import load_image
+
+    photos = [load_image(p, target_size=bridge.image_size)
+              for p in load_dataset(str(FLICKR8K), "dev").subset(3).images]  # 224 x 224: mirroring commutes
+    mirrored = [ImageOps.mirror(im) for im in photos]
+    a, m = plain.encode_images(photos), plain.encode_images(mirrored)
+    assert np.abs(a - m).max() > 1e-2  # the heads do see a difference
+    mean = (a + m) / np.linalg.norm(a + m, axis=1, keepdims=True)
+    np.testing.assert_allclose(flip.encode_images(photos), mean, atol=1e-5)
+    np.testing.assert_allclose(flip.encode_images(mirrored), mean, atol=1e-5)
+    px = torch.stack([bridge.preprocess(im) for im in photos])
+    vecs, regions = flip.encode_pixels_with_regions(px)
+    np.testing.assert_allclose(vecs, mean, atol=1e-5)
+    np.testing.assert_array_equal(regions, plain.encode_pixels_with_regions(px)[1])
+    assert regions.shape[0] == 3
+
+
+@needs_flickr
 def test_tuned_text_layer_trains_saves_and_encodes_like_training(tiny_features, bridge, tmp_path):
     """--text-layers 1: a copy of MiniLM's last layer, started from the tower's own weights (so untrained it
     gives the cached text features), is trained with the heads; the saved encoder's text vectors equal the
@@ -363,7 +399,7 @@ def test_train_cli_json(tmp_path, tiny_features, capsys):
     out = tmp_path / "heads"
     rc = main(["train", str(data), "--out", str(out), "--epochs", "2", "--views", "1", "--cache", cache,
                "--json", "--no-progress", "--batch-size", "64", "--image-inputs", "pooled,bridge",
-               "--text-inputs", "minilm,cls"])
+               "--text-inputs", "minilm,cls", "--flip-average"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs_run"] == 2 and "text_to_image" in summary["dev"]["blended"]
@@ -372,6 +408,7 @@ def test_train_cli_json(tmp_path, tiny_features, capsys):
 
     enc = create_encoder(f"heads:{out}")
     assert enc.config.image_inputs == ["pooled", "bridge"] and enc.config.text_inputs == ["minilm", "cls"]
+    assert enc.config.flip_average and "mirror image" in (out / "MODEL_CARD.md").read_text()
     assert enc.encode_texts(["a dog"]).shape[1] == enc.dim
 
 
@@ -384,6 +421,7 @@ def test_train_cli_json(tmp_path, tiny_features, capsys):
     ({"members": 2, "ensemble_dim": 17}, "ensemble_dim must be 0, or at most members x embed_dim"),
     ({"text_layers": 2}, "text_layers must be 0 or 1"),
     ({"text_layers": 1}, "text_layers needs the bundled MiniLM tower's text inputs"),
+    ({"flip_average": "yes"}, "flip_average must be true or false"),
 ])
 def test_heads_config_refuses_unknown_keys_other_versions_and_bad_values(change, message):
     from dataclasses import asdict

@@ -56,6 +56,7 @@ class HeadsConfig:
     members: int = 1  # independently trained head pairs, their unit embeddings concatenated (an ensemble)
     ensemble_dim: int = 0  # >0: the members' joined embedding projected to this width (PCA fitted on train)
     text_layers: int = 0  # 1: a trained copy of MiniLM's last layer feeds the text head (bundled towers only)
+    flip_average: bool = False  # a photo's vector is the mean of its own and its mirror image's (test-time)
     format_version: int = FORMAT_VERSION
     train: dict = field(default_factory=dict)  # provenance only (recipe, metrics); not used to build
 
@@ -77,6 +78,8 @@ class HeadsConfig:
             raise WeightsError(f"heads config text_layers must be 0 or 1, got {cfg.text_layers!r}")
         if cfg.text_layers and not set(cfg.text_inputs) <= set(RICH_TEXT_DIMS):
             raise WeightsError("heads config text_layers needs the bundled MiniLM tower's text inputs")
+        if not isinstance(cfg.flip_average, bool):
+            raise WeightsError(f"heads config flip_average must be true or false, got {cfg.flip_average!r}")
         return cfg
 
     @property
@@ -100,6 +103,8 @@ class HeadsConfig:
             data.pop("ensemble_dim")
         if not data["text_layers"]:  # as before tuned text layers existed
             data.pop("text_layers")
+        if not data["flip_average"]:
+            data.pop("flip_average")
         return json.dumps(data, sort_keys=True)
 
 
@@ -421,12 +426,23 @@ class TrainedEncoder(EncoderBase):
             return rich_text_features(self.base, texts, names, layer_input=bool(self.config.text_layers))
         return {"base": torch.from_numpy(self.base.encode_texts(texts)).to(self.device)}
 
+    def _flipped(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The batch, followed by its mirror images when the heads average over flips."""
+        return torch.cat([pixels, pixels.flip(-1)]) if self.config.flip_average else pixels
+
+    def _image_vectors(self, learned: torch.Tensor, base: torch.Tensor, n: int):
+        """Blended, L2-normalised vectors of ``n`` photos (the mean with their mirror images' when flipped)."""
+        out = F.normalize(blend(learned, base, self.config.blend).float(), dim=-1)
+        if self.config.flip_average:
+            out = F.normalize(out[:n] + out[n:], dim=-1)
+        return out.cpu().numpy()
+
     def encode_pixels(self, pixels: torch.Tensor):
         """A preprocessed batch -> float32 (n, dim), L2-normalised."""
         with torch.inference_mode():
-            feats = self._image_inputs(pixels)
-            out = blend(self.heads.embed_image(feats), feats[self.config.image_blend_input], self.config.blend)
-            return F.normalize(out.float(), dim=-1).cpu().numpy()
+            feats = self._image_inputs(self._flipped(pixels))
+            return self._image_vectors(self.heads.embed_image(feats), feats[self.config.image_blend_input],
+                                       len(pixels))
 
     @property
     def region_key(self) -> str | None:
@@ -434,22 +450,22 @@ class TrainedEncoder(EncoderBase):
         return getattr(self.base, "region_key", None)
 
     def encode_pixels_with_regions(self, pixels: torch.Tensor):
-        """``encode_pixels`` plus the base's region tokens from the same forward pass."""
+        """``encode_pixels`` plus the base's region tokens (of the photo as given) from the same forward pass."""
+        n = len(pixels)
         if not self.rich:
             if not hasattr(self.base, "encode_pixels_with_regions"):
                 raise AttributeError("encode_pixels_with_regions")
-            base_vecs, regions = self.base.encode_pixels_with_regions(pixels)
+            base_vecs, regions = self.base.encode_pixels_with_regions(self._flipped(pixels))
             with torch.inference_mode():
                 feats = {"base": torch.from_numpy(base_vecs).to(self.device)}
-                out = blend(self.heads.embed_image(feats), feats["base"], self.config.blend)
-                return F.normalize(out.float(), dim=-1).cpu().numpy(), regions
+                return self._image_vectors(self.heads.embed_image(feats), feats["base"], n), regions[:n]
         with torch.inference_mode():
             names = list(dict.fromkeys(self.config.image_inputs + [self.config.image_blend_input]))
-            f = self.base.image_features(pixels)
+            f = self.base.image_features(self._flipped(pixels))
             feats = features_from(self.base, f, names)
-            out = blend(self.heads.embed_image(feats), feats[self.config.image_blend_input], self.config.blend)
-            regions = f.regions.flatten(2).transpose(1, 2).half().cpu().numpy()
-            return F.normalize(out.float(), dim=-1).cpu().numpy(), regions
+            regions = f.regions[:n].flatten(2).transpose(1, 2).half().cpu().numpy()
+            return (self._image_vectors(self.heads.embed_image(feats), feats[self.config.image_blend_input], n),
+                    regions)
 
     def _encode_text_batch(self, texts: list[str]):
         with torch.inference_mode():

@@ -498,7 +498,7 @@ def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptio
 def base_spec_for(spec: str | None) -> str:
     """The base encoder spec heads are trained on: ``default`` means the bundled towers (``bridge``)."""
     spec = (spec or "bridge").strip()
-    if spec == "default":
+    if spec in ("default", "default-fast"):
         return "bridge"
     if spec.startswith("heads:"):
         from .errors import EncoderSpecError
@@ -561,8 +561,8 @@ def model_card(result: TrainResult, dataset_root: str, command: str, feature_sec
 
 # -- hubness correction ----------------------------------------------------------------------
 
-HUBNESS_KS = (30,)
-HUBNESS_BETAS = (0.25, 0.5, 0.75, 1.0)
+HUBNESS_KS = (20, 30, 50)
+HUBNESS_BETAS = (0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0)
 
 
 @dataclass
@@ -616,15 +616,16 @@ def fit_hubness(encoder, train: Dataset, dev: Dataset, bank: int = 2000, seed: i
     sides: dict[str, HubnessSide] = {}
     best_t2i, best_i2t = plain["text_to_image"], plain["image_to_text"]
     for k in ks:
+        # the penalty is beta times a mean top-k cosine: computed once per k
+        raw_img = HubnessSide(text_bank, k, 1.0).penalties(dev_img)
+        raw_cap = HubnessSide(image_bank, k, 1.0).penalties(dev_txt)
         for beta in betas:
-            img_side = HubnessSide(text_bank, k, beta)
-            r = recall_from_similarity(sims - img_side.penalties(dev_img)[None, :], caption_image)["text_to_image"]
+            r = recall_from_similarity(sims - beta * raw_img[None, :], caption_image)["text_to_image"]
             if score(r) > score(best_t2i):
-                best_t2i, sides["image"] = r, img_side
-            cap_side = HubnessSide(image_bank, k, beta)
-            r = recall_from_similarity(sims - cap_side.penalties(dev_txt)[:, None], caption_image)["image_to_text"]
+                best_t2i, sides["image"] = r, HubnessSide(text_bank, k, beta)
+            r = recall_from_similarity(sims - beta * raw_cap[:, None], caption_image)["image_to_text"]
             if score(r) > score(best_i2t):
-                best_i2t, sides["caption"] = r, cap_side
+                best_i2t, sides["caption"] = r, HubnessSide(image_bank, k, beta)
     # centred on typical results (the other bank: train photos for the image side, captions for the
     # caption side), so corrected scores stay on the cosine's scale; rankings do not change
     typical = {"image": image_bank, "caption": text_bank}

@@ -169,9 +169,15 @@ def test_fit_hubness_cli_writes_a_correction_that_eval_uses(tmp_path, capsys):
     (data / "captions.jsonl").write_text("\n".join(lines) + "\n")
     heads = tmp_path / "heads"
     shutil.copytree(SHIPPED, heads, ignore=shutil.ignore_patterns(HUBNESS_FILE, "reranker"))
-    rc = main(["fit-hubness", str(data), "--model", f"heads:{heads}", "--bank", "150", "--json", "--no-progress"])
+    before = json.loads((heads / "heads.json").read_text())
+    rc = main(["fit-hubness", str(data), "--model", f"heads:{heads}", "--bank", "150", "--json", "--no-progress",
+               "--blend", "0.75", "--flip-average", "off"])  # search options are set first, then the banks fitted
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
+    config = json.loads((heads / "heads.json").read_text())
+    assert config["blend"] == 0.75 and config["flip_average"] is False
+    # provenance: the blend the heads were selected at
+    assert config["train"]["trained_blend"] == before["train"].get("trained_blend", before["blend"])
     if summary["out"] is None:  # nothing helped on this small dev split: then nothing may be written
         assert not (heads / HUBNESS_FILE).exists()
         return

@@ -360,6 +360,23 @@ def test_shipped_default_differs_from_bridge(bridge):
 
 
 @needs_weights
+def test_default_fast_is_the_shipped_heads_without_flip_averaging(bridge):
+    """``default-fast``: the same heads and text vectors, photos embedded once instead of twice (a different
+    fingerprint, so an index knows which one built it)."""
+    from retrieval.encoders import create_encoder
+
+    default, fast = create_encoder("default"), create_encoder("default-fast")
+    assert fast.spec == "default-fast" and not fast.config.flip_average
+    texts = ["a dog runs on the grass"]
+    np.testing.assert_array_equal(default.encode_texts(texts), fast.encode_texts(texts))
+    assert default.config.flip_average and fast.fingerprint != default.fingerprint
+    from retrieval.images import load_image
+
+    im = load_image(str(SAMPLE_DATA / "cat_chelsea.png"), target_size=bridge.image_size)
+    assert not np.allclose(default.encode_images([im]), fast.encode_images([im]), atol=1e-3)
+
+
+@needs_weights
 def test_shipped_default_keeps_open_vocabulary():
     """Queries far from Flickr8k still find the right sample photo in the top 3."""
     from retrieval.encoders import create_encoder

@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="index (or incrementally reindex) photo folders")
     p.add_argument("folders", nargs="+", metavar="DIR")
-    _common(p, "encoder spec: default, bridge, bridge-lite1, bridge-lite2, hf:<hub id or folder> (default: the index's, else default)")
+    _common(p, "encoder spec: default, default-fast, bridge, bridge-lite1, bridge-lite2, hf:<hub id or folder> (default: the index's, else default)")
     p.add_argument("--rebuild", action="store_true", help="delete the index in --db and build it again")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=positive_int, default=None,

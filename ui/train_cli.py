@@ -79,7 +79,7 @@ def cmd_fit_hubness(args: argparse.Namespace) -> int:
     import torch
 
     from retrieval.encoders import create_encoder
-    from retrieval.encoders.heads import TrainedEncoder
+    from retrieval.encoders.heads import TrainedEncoder, set_search_options
     from retrieval.encoders.hubness import HUBNESS_FILE
     from retrieval.evaluate import load_dataset
     from retrieval.training import fit_hubness
@@ -89,9 +89,18 @@ def cmd_fit_hubness(args: argparse.Namespace) -> int:
         raise UsageError("--bank must be at least 50")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.blend is not None and not 0.0 <= args.blend <= 1.0:
+        raise UsageError("--blend must be between 0 and 1")
     encoder = create_encoder(args.model or "default", device=args.device)
     if not isinstance(encoder, TrainedEncoder):
         raise UsageError(f"{encoder.spec} has no heads folder to hold a hubness correction (use default or heads:<folder>)")
+    if encoder.spec == "default-fast":
+        raise UsageError("fit the correction for 'default': 'default-fast' uses the same heads folder and banks")
+    if args.blend is not None or args.flip_average is not None:
+        config = set_search_options(encoder.folder, args.blend, None if args.flip_average is None
+                                    else args.flip_average == "on")
+        _log(f"{encoder.folder}: blend {config.blend}, flip averaging {'on' if config.flip_average else 'off'}")
+        encoder = create_encoder(args.model or "default", device=args.device)
     encoder.hubness = None  # fit against plain cosine, whatever the folder holds now
     train_set = load_dataset(args.dataset, split=args.train_split)
     dev_set = load_dataset(args.dataset, split=args.dev_split)
@@ -123,7 +132,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> No
     p = sub.add_parser("train", help="train projection heads (symmetric InfoNCE) on a captioned dataset")
     p.add_argument("dataset", help="dataset folder: images/ + captions.jsonl with a split field")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for heads.safetensors, heads.json, MODEL_CARD.md")
-    common(p, "base encoder spec: bridge (= default), bridge-lite1, bridge-lite2 (larger image towers, pip install imgsearch[lite]), or hf:<hub id or folder>")
+    common(p, "base encoder spec: bridge (= default, default-fast), bridge-lite1, bridge-lite2 (larger image towers, pip install imgsearch[lite]), or hf:<hub id or folder>")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--views", type=int, default=2, metavar="K", help="augmented views per training image (+1 clean)")
     p.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder (default: <tmp>/imgsearch-features)")
@@ -168,6 +177,10 @@ def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> No
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-split", default="train")
     p.add_argument("--dev-split", default="dev", help="split on which k and beta are chosen")
+    p.add_argument("--blend", type=float, default=None, metavar="W",
+                   help="first set the heads' blend w (weight of the learned similarity) in heads.json; no retraining")
+    p.add_argument("--flip-average", choices=("on", "off"), default=None,
+                   help="first turn averaging each photo with its mirror image on or off in heads.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fit_hubness)

@@ -3,6 +3,7 @@
 Specs:
   ``default``          the bundled offline model: trained heads from ``retrieval/weights/`` on top of the
                        label bridge towers (just the label bridge when no weights are shipped)
+  ``default-fast``     the same heads without flip averaging: photos embed twice as fast, a little less recall
   ``bridge``           EfficientNet-Lite0 + MiniLM joined by the ImageNet label bridge (ConSE), no training
   ``bridge-lite1``, ``bridge-lite2``
                        the same with the larger EfficientNet-Lite1 (240 px) or Lite2 (260 px) image tower
@@ -21,6 +22,7 @@ __all__ = ["Encoder", "EncoderBase", "create_encoder", "l2_normalize", "pick_dev
            "BUNDLED_WEIGHTS_DIR"]
 
 DEFAULT_SPEC = "default"
+BUNDLED_SPECS = ("default", "default-fast")  # the bundled heads: as trained, and with flip averaging off
 # label-bridge specs and their EfficientNet-Lite variant
 BRIDGE_VARIANTS = {"bridge": 0, "bridge-lite1": 1, "bridge-lite2": 2}
 BUNDLED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
@@ -29,14 +31,15 @@ BUNDLED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspa
 def create_encoder(spec: str = DEFAULT_SPEC, device: str | None = None) -> Encoder:
     """Build the encoder a spec string names (see the module docstring)."""
     spec = (spec or DEFAULT_SPEC).strip()
-    if spec == "default":
+    if spec in BUNDLED_SPECS:
         from .heads import WEIGHTS_FILE, TrainedEncoder
 
         if os.path.isfile(os.path.join(BUNDLED_WEIGHTS_DIR, WEIGHTS_FILE)):
-            return TrainedEncoder(BUNDLED_WEIGHTS_DIR, spec="default", device=device)
+            return TrainedEncoder(BUNDLED_WEIGHTS_DIR, spec=spec, device=device,
+                                  flip_average=False if spec == "default-fast" else None)
         from .default import DefaultEncoder
 
-        return DefaultEncoder(device=device, spec="default")
+        return DefaultEncoder(device=device, spec=spec)
     if spec in BRIDGE_VARIANTS:
         from .default import BridgeConfig, DefaultEncoder
 
@@ -57,6 +60,6 @@ def create_encoder(spec: str = DEFAULT_SPEC, device: str | None = None) -> Encod
         from .hf import HFDualEncoder
 
         return HFDualEncoder(target, device=device)
-    raise EncoderSpecError(f"unknown model spec '{spec}' (expected 'default', 'bridge', 'bridge-lite1', "
+    raise EncoderSpecError(f"unknown model spec '{spec}' (expected 'default', 'default-fast', 'bridge', 'bridge-lite1', "
                            "'bridge-lite2', 'hf:<hub id or folder>' "
                            "or 'heads:<folder>')")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -353,6 +353,24 @@ def load_config(folder: str | os.PathLike) -> HeadsConfig:
         raise WeightsError(f"heads config {path} is malformed: {e}") from None
 
 
+def set_search_options(folder: str | os.PathLike, blend: float | None = None,
+                       flip_average: bool | None = None) -> HeadsConfig:
+    """Change how a heads folder composes its vectors (the blend w, flip averaging) without retraining;
+    rewrites ``heads.json`` (keeping the trained blend as ``train.trained_blend``) and returns the config.
+    Any hubness correction in the folder was fitted to the old vectors: fit it again."""
+    config = load_config(folder)
+    data = asdict(config)
+    if blend is not None and float(blend) != config.blend:
+        data["train"] = {**config.train, "trained_blend": config.train.get("trained_blend", config.blend)}
+        data["blend"] = float(blend)
+    if flip_average is not None:
+        data["flip_average"] = bool(flip_average)
+    config = HeadsConfig.from_dict(data)
+    with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
+        f.write(config.to_json() + "\n")
+    return config
+
+
 def load_heads(folder: str | os.PathLike) -> tuple[HeadsConfig, Heads | HeadsEnsemble]:
     """Load a heads folder; any missing, corrupt or mismatched file raises a one-line WeightsError."""
     config = load_config(folder)
@@ -373,11 +391,14 @@ class TrainedEncoder(EncoderBase):
     """
 
     def __init__(self, folder: str | os.PathLike, spec: str | None = None, device: str | None = None,
-                 base=None) -> None:
+                 base=None, flip_average: bool | None = None) -> None:
+        """``flip_average`` overrides the folder's setting (None: as saved)."""
         from . import create_encoder
 
         self.folder = os.path.abspath(folder)
         self.config, self.heads = load_heads(self.folder)
+        if flip_average is not None:
+            self.config = replace(self.config, flip_average=bool(flip_average))
         if base is None:
             if self.config.base_spec in ("default",) or self.config.base_spec.startswith("heads:"):
                 raise WeightsError(f"heads in {self.folder} name base '{self.config.base_spec}'; "

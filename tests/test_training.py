@@ -290,6 +290,15 @@ def test_roundtrip_on_any_base_encoder(tmp_path):
     np.testing.assert_array_equal(v1, v2)
     t = enc.encode_texts(["a red square"])
     assert t.shape == (1, 24) and abs(float(np.linalg.norm(t)) - 1) < 1e-5
+    # flip averaging on such a base: a photo and its mirror image get one vector, the mean of both
+    from PIL import ImageOps
+
+    save_heads(tmp_path / "flip", replace(cfg, flip_average=True), heads.state_dict(), fp16=False)
+    flip = TrainedEncoder(tmp_path / "flip", base=FakeEncoder())
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    a, m = enc.encode_images([im]), enc.encode_images([ImageOps.mirror(im)])
+    np.testing.assert_allclose(flip.encode_images([im]), (a + m) / np.linalg.norm(a + m), atol=1e-5)
+    np.testing.assert_allclose(flip.encode_images([ImageOps.mirror(im)]), flip.encode_images([im]), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- validation

@@ -447,9 +447,14 @@ class TrainedEncoder(EncoderBase):
             return rich_text_features(self.base, texts, names, layer_input=bool(self.config.text_layers))
         return {"base": torch.from_numpy(self.base.encode_texts(texts)).to(self.device)}
 
-    def _flipped(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The batch, followed by its mirror images when the heads average over flips."""
-        return torch.cat([pixels, pixels.flip(-1)]) if self.config.flip_average else pixels
+    def _add_mirror(self, feats: dict[str, torch.Tensor], pixels: torch.Tensor,
+                    features: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """``feats`` (of ``pixels``), followed row-wise by ``features`` of the mirror images when the heads
+        average flips (a second pass of the batch's size: one pass of twice the batch is slower per photo)."""
+        if not self.config.flip_average:
+            return feats
+        mirror = features(pixels.flip(-1))
+        return {k: torch.cat([v, mirror[k]]) for k, v in feats.items()}
 
     def _image_vectors(self, learned: torch.Tensor, base: torch.Tensor, n: int):
         """Blended, L2-normalised vectors of ``n`` photos (the mean with their mirror images' when flipped)."""
@@ -461,7 +466,7 @@ class TrainedEncoder(EncoderBase):
     def encode_pixels(self, pixels: torch.Tensor):
         """A preprocessed batch -> float32 (n, dim), L2-normalised."""
         with torch.inference_mode():
-            feats = self._image_inputs(self._flipped(pixels))
+            feats = self._add_mirror(self._image_inputs(pixels), pixels, self._image_inputs)
             return self._image_vectors(self.heads.embed_image(feats), feats[self.config.image_blend_input],
                                        len(pixels))
 
@@ -476,15 +481,17 @@ class TrainedEncoder(EncoderBase):
         if not self.rich:
             if not hasattr(self.base, "encode_pixels_with_regions"):
                 raise AttributeError("encode_pixels_with_regions")
-            base_vecs, regions = self.base.encode_pixels_with_regions(self._flipped(pixels))
+            base_vecs, regions = self.base.encode_pixels_with_regions(pixels)
             with torch.inference_mode():
-                feats = {"base": torch.from_numpy(base_vecs).to(self.device)}
-                return self._image_vectors(self.heads.embed_image(feats), feats["base"], n), regions[:n]
+                feats = self._add_mirror({"base": torch.from_numpy(base_vecs).to(self.device)}, pixels,
+                                         lambda px: {"base": torch.from_numpy(self.base.encode_pixels(px)).to(self.device)})
+                return self._image_vectors(self.heads.embed_image(feats), feats["base"], n), regions
         with torch.inference_mode():
             names = list(dict.fromkeys(self.config.image_inputs + [self.config.image_blend_input]))
-            f = self.base.image_features(self._flipped(pixels))
-            feats = features_from(self.base, f, names)
-            regions = f.regions[:n].flatten(2).transpose(1, 2).half().cpu().numpy()
+            f = self.base.image_features(pixels)
+            regions = f.regions.flatten(2).transpose(1, 2).half().cpu().numpy()
+            feats = self._add_mirror(features_from(self.base, f, names), pixels,
+                                     lambda px: features_from(self.base, self.base.image_features(px), names))
             return (self._image_vectors(self.heads.embed_image(feats), feats[self.config.image_blend_input], n),
                     regions)
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from .encoders import BUNDLED_SPECS
 from .encoders.base import batched
 from .encoders.heads import TOKEN_MASK, TOKEN_STATES, Heads, HeadsConfig, blend, build_heads, feature_extractors
 from .errors import DatasetError, ImageLoadError
@@ -498,7 +499,7 @@ def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptio
 def base_spec_for(spec: str | None) -> str:
     """The base encoder spec heads are trained on: ``default`` means the bundled towers (``bridge``)."""
     spec = (spec or "bridge").strip()
-    if spec in ("default", "default-fast"):
+    if spec in BUNDLED_SPECS:
         return "bridge"
     if spec.startswith("heads:"):
         from .errors import EncoderSpecError

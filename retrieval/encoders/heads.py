@@ -336,11 +336,15 @@ def save_heads(folder: str | os.PathLike, config: HeadsConfig, state_dict: dict[
     if int8:
         tensors = quantise_rows(tensors, keep=("projection",))
     save_file(tensors, os.path.join(folder, WEIGHTS_FILE), metadata={"format": "imgsearch-heads", "version": str(FORMAT_VERSION)})
-    with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
-        f.write(config.to_json() + "\n")
+    _write_config(folder, config)
     if card_text is not None:
         with open(os.path.join(folder, CARD_FILE), "w", encoding="utf-8") as f:
             f.write(card_text)
+
+
+def _write_config(folder: str | os.PathLike, config: HeadsConfig) -> None:
+    with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
+        f.write(config.to_json() + "\n")
 
 
 def load_config(folder: str | os.PathLike) -> HeadsConfig:
@@ -366,8 +370,7 @@ def set_search_options(folder: str | os.PathLike, blend: float | None = None,
     if flip_average is not None:
         data["flip_average"] = bool(flip_average)
     config = HeadsConfig.from_dict(data)
-    with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
-        f.write(config.to_json() + "\n")
+    _write_config(folder, config)
     return config
 
 
@@ -393,14 +396,14 @@ class TrainedEncoder(EncoderBase):
     def __init__(self, folder: str | os.PathLike, spec: str | None = None, device: str | None = None,
                  base=None, flip_average: bool | None = None) -> None:
         """``flip_average`` overrides the folder's setting (None: as saved)."""
-        from . import create_encoder
+        from . import BUNDLED_SPECS, create_encoder
 
         self.folder = os.path.abspath(folder)
         self.config, self.heads = load_heads(self.folder)
         if flip_average is not None:
             self.config = replace(self.config, flip_average=bool(flip_average))
         if base is None:
-            if self.config.base_spec in ("default",) or self.config.base_spec.startswith("heads:"):
+            if self.config.base_spec in BUNDLED_SPECS or self.config.base_spec.startswith("heads:"):
                 raise WeightsError(f"heads in {self.folder} name base '{self.config.base_spec}'; "
                                    "the base must be 'bridge' or 'hf:...'")
             base = create_encoder(self.config.base_spec, device=device)

@@ -184,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     from retrieval.rerank.features import base_towers, compute_rerank_features
     from retrieval.rerank.training import dual_similarity, reranked_recall
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     dev, train = load_dataset(a.dataset, "dev"), load_dataset(a.dataset, "train")
     enc = create_encoder("default")
     towers = base_towers(enc)

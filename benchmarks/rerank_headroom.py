@@ -37,15 +37,15 @@ def log(msg: str) -> None:
 
 
 def summary(name: str, r: dict, seconds: float) -> dict:
-    """One row: the scorer alone (alpha 0), the best fusion with the dual score, and the gain."""
-    base, best = r["without"], r["with"]
+    """One row: the scorer alone (alpha 0), its best R@1 fused with the dual score (over every alpha), the gain."""
+    base, by_alpha = r["without"], r["by_alpha"]
+    best = {d: max(by_alpha[d], key=lambda a: (by_alpha[d][a]["R@1"], by_alpha[d][a]["R@5"])) for d in by_alpha}
     return {"scorer": name, "seconds": round(seconds, 1),
-            "alone_R@1": {"text_to_image": r["by_alpha"]["text_to_image"]["0.0"],
-                          "image_to_text": r["by_alpha"]["image_to_text"]["0.0"]},
-            "base_R@1": {d: base[d]["R@1"] for d in base},
-            "best_R@1": {d: best[d]["R@1"] for d in best},
-            "gain_R@1": {d: round(best[d]["R@1"] - base[d]["R@1"], 2) for d in best},
-            "alpha": {"text_to_image": r["alpha"], "image_to_text": r["caption_alpha"]}}
+            "alone_R@1": {d: by_alpha[d]["0.0"]["R@1"] for d in by_alpha},
+            "base_R@1": {d: base[d]["R@1"] for d in by_alpha},
+            "best_R@1": {d: by_alpha[d][best[d]]["R@1"] for d in by_alpha},
+            "gain_R@1": {d: round(by_alpha[d][best[d]]["R@1"] - base[d]["R@1"], 2) for d in by_alpha},
+            "alpha": {d: float(best[d]) for d in by_alpha}}
 
 
 def late_interaction_scorer(towers, train, train_sims: np.ndarray, dev, epochs: int, batch: int = 128,

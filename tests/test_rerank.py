@@ -495,8 +495,8 @@ def test_reranked_recall_with_an_oracle_scorer(seed):
     assert r["without"]["text_to_image"]["R@1"] < 100 * t2i_hit  # the case is not trivial
     # the oracle wins at alpha 0 (and any alpha small against its margin); the chosen alpha gives the best
     assert str(r["alpha"]) in r["by_alpha"]["text_to_image"] and str(r["caption_alpha"]) in r["by_alpha"]["image_to_text"]
-    assert r["by_alpha"]["text_to_image"]["0.0"] == round(100 * t2i_hit, 2)
-    assert r["by_alpha"]["image_to_text"]["0.0"] == round(100 * i2t_hit, 2)
+    assert r["by_alpha"]["text_to_image"]["0.0"]["R@1"] == round(100 * t2i_hit, 2)
+    assert r["by_alpha"]["image_to_text"]["0.0"]["R@1"] == round(100 * i2t_hit, 2)
     # queries limited to some rows / columns
     rows, cols = np.array([0, 3, 5]), np.array([1, 4])
     part = reranked_recall(sims, CAPTION_IMAGE, _oracle, k=k, fixed_alpha=0.0, caption_rows=rows, image_cols=cols)

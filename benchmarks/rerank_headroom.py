@@ -54,6 +54,7 @@ def late_interaction_scorer(towers, train, train_sims: np.ndarray, dev, epochs: 
     import torch
     import torch.nn.functional as F
 
+    from retrieval.rerank.fusion import init_region_head
     from retrieval.rerank.training import top_candidates
 
     torch.manual_seed(seed)
@@ -65,13 +66,9 @@ def late_interaction_scorer(towers, train, train_sims: np.ndarray, dev, epochs: 
     class LateInteraction(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.head = torch.nn.Linear(channels, 1280)  # the tower's own 1x1 head, batch norm folded in
-            conv, bn = tower._conv_head, tower._bn1
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            with torch.no_grad():
-                self.head.weight.copy_(conv.weight.flatten(1) * scale[:, None])
-                self.head.bias.copy_(bn.bias - bn.running_mean * scale)
-            self.head.requires_grad_(False)
+            self.region_head = torch.nn.Linear(channels, 1280)  # the tower's own 1x1 head, batch norm folded in
+            init_region_head(self, towers)
+            self.region_head.requires_grad_(False)
             self.region = torch.nn.Sequential(torch.nn.LayerNorm(1280), torch.nn.Linear(1280, 2 * dim),
                                               torch.nn.GELU(), torch.nn.Linear(2 * dim, dim))
             self.pos = torch.nn.Parameter(torch.zeros(1, n_regions + 1, dim))
@@ -81,7 +78,7 @@ def late_interaction_scorer(towers, train, train_sims: np.ndarray, dev, epochs: 
             self.scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
         def regions(self, r: torch.Tensor) -> torch.Tensor:
-            h = tower._swish(self.head(r.float()))
+            h = tower._swish(self.region_head(r.float()))
             h = torch.cat([h.mean(1, keepdim=True), h], 1)
             return F.normalize(self.region(h) + self.pos, dim=-1)
 

@@ -100,7 +100,7 @@ def cmd_fit_hubness(args: argparse.Namespace) -> int:
         config = set_search_options(encoder.folder, args.blend, None if args.flip_average is None
                                     else args.flip_average == "on")
         _log(f"{encoder.folder}: blend {config.blend}, flip averaging {'on' if config.flip_average else 'off'}")
-        encoder = create_encoder(args.model or "default", device=args.device)
+        encoder = TrainedEncoder(encoder.folder, spec=encoder.spec, base=encoder.base)  # the towers are reused
     encoder.hubness = None  # fit against plain cosine, whatever the folder holds now
     train_set = load_dataset(args.dataset, split=args.train_split)
     dev_set = load_dataset(args.dataset, split=args.dev_split)

@@ -1,4 +1,4 @@
-"""The bundled towers' traced inference graphs give the eager modules' outputs, bit for bit."""
+"""Traced inference graphs (the bundled towers, the heads' text side) give the eager outputs, bit for bit."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def test_traced_towers_match_eager(default_encoder, monkeypatch):
     base = getattr(default_encoder, "base", default_encoder)
     text = base.text_tower  # heads with a tuned text layer read the last layer's input states too
     assert (text._traced._graphs or text._traced_with_input._graphs) and base.image_tower._traced._graphs  # traced
+    assert default_encoder._text_vectors._graphs  # and so is the heads' text side
 
     monkeypatch.setenv("IMGSEARCH_NO_TRACE", "1")
     np.testing.assert_array_equal(default_encoder.encode_texts(texts), traced_texts)

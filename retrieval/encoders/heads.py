@@ -28,6 +28,7 @@ from ..errors import WeightsError
 from ..weights_io import config_from_dict, load_weights_into, quantise_rows, read_json_config
 from .base import EncoderBase, state_digest
 from .hubness import load_hubness
+from .towers import TracedForward
 
 WEIGHTS_FILE = "heads.safetensors"
 CONFIG_FILE = "heads.json"
@@ -293,6 +294,20 @@ def rich_text_features(encoder, texts: list[str], names: Sequence[str] | None = 
     return out
 
 
+class TextVectors(torch.nn.Module):
+    """Named text features, given as tensors in ``names`` order -> blended, L2-normalised text vectors
+    (a plain-tensor signature, so the text side can be traced like the towers)."""
+
+    def __init__(self, heads: torch.nn.Module, config: HeadsConfig, names: Sequence[str]) -> None:
+        super().__init__()
+        self.heads, self.config, self.names = heads, config, list(names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        feats = dict(zip(self.names, inputs))
+        out = blend(self.heads.embed_text(feats), feats[self.config.text_blend_input], self.config.blend)
+        return F.normalize(out.float(), dim=-1)
+
+
 def is_rich(encoder) -> bool:
     """True when the base is the bundled EfficientNet-Lite + MiniLM towers (rich features)."""
     from .default import DefaultEncoder
@@ -434,6 +449,10 @@ class TrainedEncoder(EncoderBase):
         self.fingerprint = f"heads:{digest}"
         # search-time only: reorders results, leaves the vectors (and so the fingerprint) alone
         self.hubness = load_hubness(self.folder, self.dim)
+        text_names = list(dict.fromkeys(self.config.text_inputs + [self.config.text_blend_input]))
+        if self.rich and self.config.text_layers:
+            text_names += [TOKEN_STATES, TOKEN_MASK]
+        self._text_vectors = TracedForward(TextVectors(self.heads, self.config, text_names))
 
     def preprocess(self, image):
         return self.base.preprocess(image)
@@ -501,8 +520,8 @@ class TrainedEncoder(EncoderBase):
     def _encode_text_batch(self, texts: list[str]):
         with torch.inference_mode():
             feats = self._text_inputs(texts)
-            out = blend(self.heads.embed_text(feats), feats[self.config.text_blend_input], self.config.blend)
-            return F.normalize(out.float(), dim=-1).cpu().numpy()
+            vectors = self._text_vectors
+            return vectors(self.heads.training, *(feats[n] for n in vectors.module.names)).cpu().numpy()
 
     def __repr__(self) -> str:
         return f"<TrainedEncoder {self.spec} base={self.base.spec} dim={self.dim} fp={self.fingerprint}>"

@@ -31,14 +31,14 @@ def quiet_stdout():
         yield
 
 
-class _TracedForward:
+class TracedForward:
     """A module's forward, run through a TorchScript trace made on first use (per device) when
-    there is no autograd and the tower's pretrained model is in eval mode, else run eagerly.
+    there is no autograd and the caller says its weights are in eval mode, else run eagerly.
 
     The trace gives the eager outputs bit for bit (no freezing or fusion), but runs in C++
     without holding the GIL, so concurrent requests (the web server) use both cores instead of
     queueing on Python. ``IMGSEARCH_NO_TRACE=1`` turns it off. Not an ``nn.Module`` attribute of
-    the tower, so the tower's state dict (and the encoder fingerprint) is unchanged.
+    its owner, so the owner's state dict (and the encoder fingerprint) is unchanged.
     """
 
     def __init__(self, module: torch.nn.Module) -> None:
@@ -46,8 +46,8 @@ class _TracedForward:
         self._graphs: dict[str, torch.jit.ScriptModule] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, owner: torch.nn.Module, *inputs: torch.Tensor):
-        if torch.is_grad_enabled() or owner.model.training or os.environ.get("IMGSEARCH_NO_TRACE"):
+    def __call__(self, training: bool, *inputs: torch.Tensor):
+        if torch.is_grad_enabled() or training or os.environ.get("IMGSEARCH_NO_TRACE"):
             return self.module(*inputs)
         key = str(inputs[0].device)
         graph = self._graphs.get(key)
@@ -121,14 +121,14 @@ class EfficientNetLiteTower(torch.nn.Module):
         self.model = _load_efficientnet_lite(variant).to(memory_format=torch.channels_last)
         self.model.eval()
         self.image_size = {0: 224, 1: 240, 2: 260}[variant]
-        self._traced = _TracedForward(_EfficientNetFeatures(self.model))
+        self._traced = TracedForward(_EfficientNetFeatures(self.model))
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL -> normalised (3, S, S): resize shorter side to S, centre crop."""
         return preprocess_center_crop(image, self.image_size, IMAGENET_MEAN, IMAGENET_STD)
 
     def forward(self, pixels: torch.Tensor) -> ImageFeatures:
-        logits, pooled, spatial, regions = self._traced(self, pixels)
+        logits, pooled, spatial, regions = self._traced(self.model.training, pixels)
         return ImageFeatures(logits=logits, pooled=pooled, spatial=spatial, regions=regions)
 
 
@@ -198,8 +198,8 @@ class MiniLMTower(torch.nn.Module):
             self.model = AutoModel.from_pretrained(path)
         self.model.eval()
         self.dim = int(self.model.config.hidden_size)
-        self._traced = _TracedForward(_BertStates(self.model))
-        self._traced_with_input = _TracedForward(_BertStates(self.model, with_input=True))
+        self._traced = TracedForward(_BertStates(self.model))
+        self._traced_with_input = TracedForward(_BertStates(self.model, with_input=True))
 
     def tokenize(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         """Token ids and attention mask for a batch of texts, truncated to max_length."""
@@ -213,11 +213,11 @@ class MiniLMTower(torch.nn.Module):
 
     def token_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-token hidden states (n, L, 384)."""
-        return self._traced(self, *self._inputs(batch))
+        return self._traced(self.model.training, *self._inputs(batch))
 
     def token_states_and_input(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token hidden states (n, L, 384) and the last layer's input states (n, L, 384)."""
-        return self._traced_with_input(self, *self._inputs(batch))
+        return self._traced_with_input(self.model.training, *self._inputs(batch))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean-pooled sentence embeddings (n, 384), not yet normalised."""

@@ -449,10 +449,9 @@ class TrainedEncoder(EncoderBase):
         self.fingerprint = f"heads:{digest}"
         # search-time only: reorders results, leaves the vectors (and so the fingerprint) alone
         self.hubness = load_hubness(self.folder, self.dim)
-        text_names = list(dict.fromkeys(self.config.text_inputs + [self.config.text_blend_input]))
-        if self.rich and self.config.text_layers:
-            text_names += [TOKEN_STATES, TOKEN_MASK]
-        self._text_vectors = TracedForward(TextVectors(self.heads, self.config, text_names))
+        self._text_names = list(dict.fromkeys(self.config.text_inputs + [self.config.text_blend_input]))
+        tokens = [TOKEN_STATES, TOKEN_MASK] if self.rich and self.config.text_layers else []
+        self._text_vectors = TracedForward(TextVectors(self.heads, self.config, self._text_names + tokens))
 
     def preprocess(self, image):
         return self.base.preprocess(image)
@@ -464,9 +463,8 @@ class TrainedEncoder(EncoderBase):
         return {"base": torch.from_numpy(self.base.encode_pixels(pixels)).to(self.device)}
 
     def _text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        names = list(dict.fromkeys(self.config.text_inputs + [self.config.text_blend_input]))
         if self.rich:
-            return rich_text_features(self.base, texts, names, layer_input=bool(self.config.text_layers))
+            return rich_text_features(self.base, texts, self._text_names, layer_input=bool(self.config.text_layers))
         return {"base": torch.from_numpy(self.base.encode_texts(texts)).to(self.device)}
 
     def _add_mirror(self, feats: dict[str, torch.Tensor], pixels: torch.Tensor,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from indexer.sync import Indexer, file_hash
 from retrieval.images import load_image_and_info
-from retrieval.store import Store
+from retrieval.store import ImageRecord, Store
 
 Log = Callable[[str], None]
 
@@ -174,32 +174,14 @@ def reindex_unchanged(n: int, dim: int, cache: Path, log: Log) -> dict:
 def _bulk_rows(store: Store, folder_id: int, paths: list[Path], dim: int) -> None:
     """Store rows and random unit vectors for these files in bulk (executemany), as a finished first
     index would have left them; an untracked transaction, so the FAISS files are rebuilt after."""
-    from retrieval.store import image_vectors_table, images_table
-
     rng = np.random.default_rng(0)
-    now = time.time()
-    with store.transaction() as conn:
+    with store.transaction():
         for i in range(0, len(paths), 10_000):
-            chunk = paths[i:i + 10_000]
-            rows = []
-            for p in chunk:
+            records = []
+            for p in paths[i:i + 10_000]:
                 st = p.stat()
-                rows.append({"folder_id": folder_id, "path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                             "hash": f"h-{p.parent.name}-{p.name}", "indexed_at": now})
-            conn.execute(images_table.insert(), rows)
-            lo, hi = min(r["path"] for r in rows), max(r["path"] for r in rows)
-            by_path = dict(conn.execute(sa_select_ids(), {"lo": lo, "hi": hi}).tuples().all())
-            ids = [by_path[r["path"]] for r in rows]
-            v = rng.standard_normal((len(ids), dim), dtype=np.float32)
+                records.append(ImageRecord(path=str(p), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                           hash=f"h-{p.parent.name}-{p.name}"))
+            v = rng.standard_normal((len(records), dim), dtype=np.float32)
             v /= np.linalg.norm(v, axis=1, keepdims=True)
-            conn.execute(image_vectors_table.insert(), [{"image_id": iid, "vector": vec.tobytes()}
-                                                        for iid, vec in zip(ids, v)])
-
-
-def sa_select_ids():
-    import sqlalchemy as sa
-
-    from retrieval.store import images_table
-
-    c = images_table.c
-    return sa.select(c.path, c.id).where(c.path.between(sa.bindparam("lo"), sa.bindparam("hi")))
+            store.bulk_add_images(folder_id, records, v)

@@ -1,0 +1,234 @@
+"""FAISS inner-product indexes over the stored vectors, and atomic file saves.
+
+The indexes are derived from SQLite and rebuilt from it whenever they fall behind. This is the only
+module of the project that imports ``faiss``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import faiss
+import numpy as np
+
+from ..errors import StoreError
+
+
+INDEX_KINDS = ("images", "captions")
+INDEX_FLAT = "flat"
+INDEX_HNSW = "hnsw"
+INDEX_IVF = "ivf"
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How the FAISS index is chosen and tuned (measured with `imgsearch bench`, see the README).
+
+    Up to ``hnsw_threshold`` vectors the index is exact (flat inner product); above it, HNSW
+    (IndexHNSWFlat, inner product, no compression). HNSW cannot remove vectors: deletes become
+    tombstones, filtered out of every search with an IDSelector, until they exceed
+    ``max_deleted_fraction`` of the index and it is rebuilt from the stored vectors.
+    """
+
+    hnsw_threshold: int = 100_000
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search: int = 256
+    ivf_nprobe: int = 16
+    max_deleted_fraction: float = 0.1
+
+    def kind_for(self, n: int) -> str:
+        """The index kind for ``n`` vectors: exact up to the threshold, HNSW above it."""
+        return INDEX_HNSW if n > self.hnsw_threshold else INDEX_FLAT
+
+
+DEFAULT_INDEX_PARAMS = IndexParams()
+
+
+def _index_kind(index: "faiss.Index") -> str:
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return INDEX_HNSW
+    if isinstance(inner, faiss.IndexIVF):
+        return INDEX_IVF
+    return INDEX_FLAT
+
+
+class VectorIndex:
+    """A FAISS inner-product index over unit vectors, keyed by int64 ids (numpy in, numpy out).
+
+    ``kind`` is flat (exact), hnsw or ivf; ids are the SQLite row ids (an IndexIDMap around flat and
+    HNSW, IVF's own ids). ``deleted`` holds HNSW tombstones: ids still in the graph but excluded
+    from every search. ``mutable`` is False for a memory-mapped (read-only) index.
+    """
+
+    def __init__(self, dim: int, index: "faiss.Index | None" = None, *, params: IndexParams = DEFAULT_INDEX_PARAMS,
+                 deleted: Iterable[int] = (), mutable: bool = True) -> None:
+        self.dim = dim
+        self.params = params
+        self.index = index if index is not None else faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+        self.kind = _index_kind(self.index)
+        self.deleted: set[int] = {int(i) for i in deleted}
+        self.mutable = mutable
+        self._selector = None
+
+    @classmethod
+    def empty(cls, dim: int, kind: str = INDEX_FLAT, params: IndexParams = DEFAULT_INDEX_PARAMS,
+              train: np.ndarray | None = None) -> "VectorIndex":
+        """A new empty index of this kind (IVF needs ``train`` vectors for its coarse quantiser)."""
+        if kind == INDEX_FLAT:
+            index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+        elif kind == INDEX_HNSW:
+            hnsw = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = params.ef_construction
+            hnsw.hnsw.efSearch = params.ef_search
+            index = faiss.IndexIDMap(hnsw)
+        elif kind == INDEX_IVF:
+            if train is None or len(train) == 0:
+                raise ValueError("an IVF index needs training vectors")
+            nlist = max(1, min(int(np.sqrt(len(train))), len(train) // 39 or 1))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            sample = train if len(train) <= 40 * nlist else train[np.random.default_rng(0).choice(
+                len(train), 40 * nlist, replace=False)]
+            index.train(np.ascontiguousarray(sample, dtype=np.float32))
+            index.nprobe = params.ivf_nprobe
+        else:
+            raise ValueError(f"unknown index kind {kind!r}")
+        return cls(dim, index, params=params)
+
+    @classmethod
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, params: IndexParams = DEFAULT_INDEX_PARAMS,
+              kind: str | None = None) -> "VectorIndex":
+        """An index over these vectors, of the kind ``params`` picks for their count unless ``kind`` is given."""
+        kind = kind or params.kind_for(len(ids))
+        vi = cls.empty(dim, kind, params, train=vectors if kind == INDEX_IVF else None)
+        vi.add(ids, vectors)
+        return vi
+
+    @property
+    def ntotal(self) -> int:
+        """How many live vectors the index holds (tombstones excluded)."""
+        return int(self.index.ntotal) - len(self.deleted)
+
+    @property
+    def deleted_fraction(self) -> float:
+        """The share of the stored vectors that are HNSW tombstones."""
+        return len(self.deleted) / max(1, int(self.index.ntotal))
+
+    def ids(self) -> np.ndarray:
+        """Every id stored in the index, tombstones included."""
+        if hasattr(self.index, "id_map"):
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        inv = faiss.extract_index_ivf(self.index).invlists
+        return np.concatenate([faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
+                               for i in range(inv.nlist)] or [np.zeros(0, np.int64)]).astype(np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
+        """Add vectors (n, dim) under ids (n,). False (nothing added) when an id is an HNSW tombstone:
+        its old vector cannot be taken out of the graph, so the caller must rebuild."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not len(ids):
+            return True
+        if not self.mutable:
+            raise StoreError("a memory-mapped index is read-only")
+        if self.deleted and not self.deleted.isdisjoint(ids.tolist()):
+            return False
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        return True
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Drop the vectors with these ids (missing ids are ignored); HNSW keeps them as tombstones."""
+        arr = np.fromiter((int(i) for i in ids), dtype=np.int64)
+        if not len(arr):
+            return
+        if not self.mutable:
+            raise StoreError("a memory-mapped index is read-only")
+        if self.kind == INDEX_HNSW:
+            present = arr[np.isin(arr, self.ids())]
+            self.deleted.update(present.tolist())
+            self._selector = None
+        else:
+            self.index.remove_ids(faiss.IDSelectorBatch(arr))
+
+    def _search_params(self, k: int):
+        sel = None
+        if self.deleted:
+            if self._selector is None:
+                batch = faiss.IDSelectorBatch(np.fromiter(self.deleted, dtype=np.int64))
+                self._selector = (batch, faiss.IDSelectorNot(batch))
+            sel = self._selector[1]
+        if self.kind == INDEX_HNSW:
+            p = faiss.SearchParametersHNSW()
+            p.efSearch = max(self.params.ef_search, k)
+        elif self.kind == INDEX_IVF:
+            p = faiss.SearchParametersIVF()
+            p.nprobe = self.params.ivf_nprobe
+        elif sel is None:
+            return None
+        else:
+            p = faiss.SearchParameters()
+        if sel is not None:
+            p.sel = sel
+        return p
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids), each (n, k); ids are -1 where fewer than k vectors exist (or were found)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if self.ntotal == 0 or k <= 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        k = min(k, self.ntotal)
+        params = self._search_params(k)
+        # One query cannot use FAISS's parallelism (it splits work by query), but it still waits on
+        # an OpenMP team barrier, which is slow on a busy machine: run it on this thread alone
+        # (the setting is per calling thread, so concurrent searches are unaffected).
+        threads = faiss.omp_get_max_threads() if len(q) == 1 else 1
+        if threads > 1:
+            faiss.omp_set_num_threads(1)
+        try:
+            return self.index.search(q, k) if params is None else self.index.search(q, k, params=params)
+        finally:
+            if threads > 1:
+                faiss.omp_set_num_threads(threads)
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a temp file beside ``path``, then rename over it."""
+        atomic_write(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
+
+    @classmethod
+    def load(cls, path: Path, dim: int, *, mmap: bool = False, params: IndexParams = DEFAULT_INDEX_PARAMS,
+             deleted: Iterable[int] = ()) -> "VectorIndex":
+        """Read an index; with ``mmap`` it is memory-mapped read-only (quick to open at any size)."""
+        if mmap:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        else:
+            index = faiss.read_index(str(path))
+        if index.d != dim:
+            raise ValueError(f"{path} holds {index.d}-d vectors, not {dim}-d")
+        return cls(dim, index, params=params, deleted=deleted, mutable=not mmap)
+
+
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Have ``write`` fill a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with this UTF-8 text."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, write)

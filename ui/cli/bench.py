@@ -1,7 +1,6 @@
 """`imgsearch bench`: reproducible performance benchmarks (the code lives in benchmarks/).
 
-Registered into ui.cli by ``register``. A table on stdout, or with --json one JSON object;
-progress goes to stderr.
+A table on stdout, or with --json one JSON object; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -9,16 +8,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ui.cli.output import emit_json, log, out
+from ui.cli.parser import UsageError, add_common_options
+
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(float(x)) for x in text.split(",") if x.strip())
 
 
-def register(sub, common) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` command to the imgsearch parser."""
     from benchmarks.run import BENCHES, DEFAULT_CACHE, DEFAULT_FLICKR, OPTIONAL_BENCHES
 
     p = sub.add_parser("bench", help="measure indexing throughput, query latency/recall and reindex time")
-    common(p, "encoder spec to benchmark (default: default)")
+    add_common_options(p, "encoder spec to benchmark (default: default)")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test in seconds, not a measurement)")
     p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(BENCHES)} "
                                                 f"(and {', '.join(OPTIONAL_BENCHES)}, run only when named)")
@@ -46,8 +49,8 @@ def register(sub, common) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmarks the options select and print their table (or JSON)."""
     from benchmarks.run import BENCHES, OPTIONAL_BENCHES, BenchConfig, run, table
-    from ui.cli import UsageError, emit_json, log, out
 
     cfg = BenchConfig(model=args.model or "default", device=args.device, dim=args.dim, data=args.data,
                       batch_size=args.batch_size, workers=args.workers, flickr_dir=args.flickr,

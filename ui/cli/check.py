@@ -1,17 +1,21 @@
 """`imgsearch check [--repair]`: compare the index's SQLite rows, FAISS files and photo folders.
 
-Registered into ui.cli by ``register``. Exit code 0 when nothing needs repair (vanished photo
-files are reported but do not count: the next `imgsearch index` removes them), 1 otherwise.
+Exit code 0 when nothing needs repair (vanished photo files are reported but do not count:
+the next `imgsearch index` removes them), 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ui.cli.output import emit_json, out
+from ui.cli.parser import add_common_options
 
-def register(sub, common) -> None:
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``check`` command to the imgsearch parser."""
     p = sub.add_parser("check", help="check the index for drift between SQLite and FAISS (and --repair it)")
-    common(p)
+    add_common_options(p)
     p.add_argument("--repair", action="store_true",
                    help="drop broken rows and rebuild the FAISS files from the stored vectors "
                         "(refused while an indexer runs)")
@@ -19,8 +23,8 @@ def register(sub, common) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Report (and with --repair fix) drift in the index; 0 when it is consistent, else 1."""
     from retrieval.store import Store
-    from ui.cli import emit_json, out
 
     store = Store(args.db, create=False)
     try:

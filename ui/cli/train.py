@@ -1,4 +1,5 @@
-"""``imgsearch train``: fit projection heads on a captioned dataset (images/ + captions.jsonl)."""
+"""`imgsearch train` and `imgsearch fit-hubness`: fit projection heads, and their search-time hubness correction,
+on a captioned dataset (images/ + captions.jsonl)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,20 @@ import shlex
 import sys
 import tempfile
 import time
-from typing import Callable
 
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from ui.cli.output import emit_json, log, out
+from ui.cli.parser import UsageError, add_common_options
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train heads on --train-split (selected on --dev-split) and save them, with a model card, to --out."""
     import torch
 
     from retrieval.encoders import create_encoder
     from retrieval.encoders.heads import save_heads
-    from retrieval.evaluate import load_dataset
-    from retrieval.training import TrainOptions, base_spec_for, compute_features, model_card, train_heads
-    from ui.cli import UsageError, emit_json, out
+    from retrieval.training.datasets import load_dataset
+    from retrieval.training.features import compute_features
+    from retrieval.training.heads import TrainOptions, base_spec_for, model_card, train_heads
 
     if (args.epochs is not None and args.epochs < 1) or args.views < 0 or args.members < 1:
         raise UsageError("--epochs and --members must be >= 1 and --views >= 0")
@@ -37,15 +37,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_set = load_dataset(args.dataset, split=args.train_split)
     dev_set = None if args.dev_split in ("", "none") else load_dataset(args.dataset, split=args.dev_split)
     encoder = create_encoder(base_spec, device=args.device)
-    _log(f"training heads on {encoder.spec}: {len(train_set.images)} train images"
-         + (f", selecting on {len(dev_set.images)} {args.dev_split} images" if dev_set else ""))
+    log(f"training heads on {encoder.spec}: {len(train_set.images)} train images"
+        + (f", selecting on {len(dev_set.images)} {args.dev_split} images" if dev_set else ""))
     cache = args.cache or os.path.join(tempfile.gettempdir(), "imgsearch-features")
     t0 = time.monotonic()
     tokens = args.text_layers > 0
     train_feats = compute_features(encoder, train_set, views=args.views, seed=args.seed, cache_dir=cache,
-                                   show_progress=not args.no_progress, log=_log, tokens=tokens)
+                                   show_progress=not args.no_progress, log=log, tokens=tokens)
     dev_feats = (compute_features(encoder, dev_set, views=0, seed=args.seed, cache_dir=cache,
-                                  show_progress=not args.no_progress, log=_log, tokens=tokens) if dev_set else None)
+                                  show_progress=not args.no_progress, log=log, tokens=tokens) if dev_set else None)
     feature_seconds = time.monotonic() - t0
     tuned = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "patience", "hidden_dim", "dropout",
                                            "weight_decay", "text_lr") if getattr(args, k) is not None}
@@ -69,21 +69,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key in ("blended", "learned_only"):
             r = result.dev.get(key)
             if r:
-                _log(f"dev {key}: t2i R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["text_to_image"].values())
-                     + ", i2t R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["image_to_text"].values()))
+                log(f"dev {key}: t2i R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["text_to_image"].values())
+                    + ", i2t R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["image_to_text"].values()))
         out(f"heads written to {summary['out']} (use --model {summary['spec']})")
     return 0
 
 
 def cmd_fit_hubness(args: argparse.Namespace) -> int:
+    """Fit a CSLS hubness correction into a trained encoder's heads folder (or remove it where it does not help)."""
     import torch
 
     from retrieval.encoders import create_encoder
     from retrieval.encoders.heads import TrainedEncoder, set_search_options
     from retrieval.encoders.hubness import HUBNESS_FILE
-    from retrieval.evaluate import load_dataset
-    from retrieval.training import fit_hubness
-    from ui.cli import UsageError, emit_json, out
+    from retrieval.training.datasets import load_dataset
+    from retrieval.training.hubness import fit_hubness
 
     if args.bank < 50:
         raise UsageError("--bank must be at least 50")
@@ -99,17 +99,17 @@ def cmd_fit_hubness(args: argparse.Namespace) -> int:
     if args.blend is not None or args.flip_average is not None:
         config = set_search_options(encoder.folder, args.blend, None if args.flip_average is None
                                     else args.flip_average == "on")
-        _log(f"{encoder.folder}: blend {config.blend}, flip averaging {'on' if config.flip_average else 'off'}")
+        log(f"{encoder.folder}: blend {config.blend}, flip averaging {'on' if config.flip_average else 'off'}")
         encoder = TrainedEncoder(encoder.folder, spec=encoder.spec, base=encoder.base)  # the towers are reused
     encoder.hubness = None  # fit against plain cosine, whatever the folder holds now
     train_set = load_dataset(args.dataset, split=args.train_split)
     dev_set = load_dataset(args.dataset, split=args.dev_split)
-    _log(f"fitting a hubness correction for {encoder.spec}: banks of {args.bank} {args.train_split} captions and photos, "
-         f"k and beta chosen on {len(dev_set.images)} {args.dev_split} images")
+    log(f"fitting a hubness correction for {encoder.spec}: banks of {args.bank} {args.train_split} captions and photos, "
+        f"k and beta chosen on {len(dev_set.images)} {args.dev_split} images")
     result = fit_hubness(encoder, train_set, dev_set, bank=args.bank, seed=args.seed, show_progress=not args.no_progress)
     path = os.path.join(encoder.folder, HUBNESS_FILE)
     if result.hubness is None:
-        _log("the correction does not help on dev; nothing written")
+        log("the correction does not help on dev; nothing written")
         if os.path.exists(path):
             os.remove(path)
     else:
@@ -120,19 +120,19 @@ def cmd_fit_hubness(args: argparse.Namespace) -> int:
     else:
         for key in ("dev_without", "dev_with"):
             r = summary[key]
-            _log(f"{key}: t2i R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["text_to_image"].values())
-                 + ", i2t R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["image_to_text"].values()))
+            log(f"{key}: t2i R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["text_to_image"].values())
+                + ", i2t R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["image_to_text"].values()))
         if result.hubness:
             out(f"hubness correction written to {path}")
     return 0
 
 
-def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``fit-hubness`` commands to the imgsearch parser."""
     p = sub.add_parser("train", help="train projection heads (symmetric InfoNCE) on a captioned dataset")
     p.add_argument("dataset", help="dataset folder: images/ + captions.jsonl with a split field")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for heads.safetensors, heads.json, MODEL_CARD.md")
-    common(p, "base encoder spec: bridge (= default, default-fast), bridge-lite1, bridge-lite2 (larger image towers, pip install imgsearch[lite]), or hf:<hub id or folder>")
+    add_common_options(p, "base encoder spec: bridge (= default, default-fast), bridge-lite1, bridge-lite2 (larger image towers, pip install imgsearch[lite]), or hf:<hub id or folder>")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--views", type=int, default=2, metavar="K", help="augmented views per training image (+1 clean)")
     p.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder (default: <tmp>/imgsearch-features)")
@@ -172,7 +172,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> No
 
     p = sub.add_parser("fit-hubness", help="fit a search-time hubness correction (CSLS) for trained heads")
     p.add_argument("dataset", help="dataset folder: images/ + captions.jsonl with a split field")
-    common(p, "trained encoder whose heads folder receives hubness.safetensors: default, or heads:<folder>")
+    add_common_options(p, "trained encoder whose heads folder receives hubness.safetensors: default, or heads:<folder>")
     p.add_argument("--bank", type=int, default=2000, metavar="N", help="train captions and photos kept as banks (default 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-split", default="train")

@@ -1,4 +1,4 @@
-"""`imgsearch serve [DIR]`: the web UI (registered into ui.cli by ``register``).
+"""`imgsearch serve [DIR]`: the web UI.
 
 With DIR, the folder is first brought up to date in the index (incrementally).
 Binds 127.0.0.1 unless --host says otherwise; never creates a public share link.
@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
+
+from ui.cli.output import log, out
+from ui.cli.parser import UsageError, add_common_options, positive_int
 
 AUTH_ENV = "IMGSEARCH_AUTH"
 NO_RERANKER = "none"
 
 
-def register(sub, common) -> None:
-    from ui.cli import positive_int
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` command to the imgsearch parser."""
     p = sub.add_parser("serve", help="start the web UI (optionally indexing DIR first)")
     p.add_argument("folder", nargs="?", metavar="DIR", help="photo folder to index (incrementally) before serving")
-    common(p)
+    add_common_options(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; use 0.0.0.0 to serve your network, with --auth)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -37,8 +40,7 @@ def register(sub, common) -> None:
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
-    from ui.cli import UsageError
-
+    """USER:PASSWORD as a (user, password) pair; None when empty, a UsageError when malformed."""
     if value is None or value == "":
         return None
     user, sep, password = value.partition(":")
@@ -47,13 +49,12 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def _index_first(args: argparse.Namespace):
+def _index_first(args: argparse.Namespace) -> Any:
     """Index DIR into --db and return a Searcher sharing the loaded encoder (None without DIR)."""
     from indexer.sync import Indexer
     from retrieval.encoders import create_encoder
     from retrieval.search import Searcher
     from retrieval.store import Store
-    from ui.cli import log
 
     store = Store(args.db)
     try:
@@ -70,7 +71,7 @@ def _index_first(args: argparse.Namespace):
         raise
 
 
-def _open_existing(args: argparse.Namespace):
+def _open_existing(args: argparse.Namespace) -> Any:
     """A Searcher over the existing index in --db (None when there is none yet), so that the
     reranker can share its encoder instead of loading a second copy of the towers."""
     from retrieval.errors import ImgSearchError
@@ -92,14 +93,13 @@ def _bundled_reranker_missing(spec: str) -> bool:
     return spec == "default" and not os.path.isfile(os.path.join(BUNDLED_RERANKER_DIR, WEIGHTS_FILE))
 
 
-def load_reranker(spec: str | None, encoder=None, device: str | None = None):
+def load_reranker(spec: str | None, encoder: Any = None, device: str | None = None) -> Any:
     """The reranker ``spec`` names, on ``encoder``'s towers where they fit; None for "none".
 
     The bundled reranker ("default") may not be installed: that is one line on stderr and no
     reranker. Any other failure raises the library's error.
     """
     from retrieval.rerank import create_reranker
-    from ui.cli import log
 
     spec = (spec or "").strip()
     if not spec or spec.lower() == NO_RERANKER:
@@ -113,8 +113,7 @@ def load_reranker(spec: str | None, encoder=None, device: str | None = None):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ui.cli import UsageError, log, out
-
+    """Start the web UI on --host:--port and block until it is stopped."""
     auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
     if not (0 < args.port < 65536):
         raise UsageError(f"--port must be 1-65535, not {args.port}")

@@ -8,22 +8,21 @@ import shlex
 import sys
 import tempfile
 import time
-from typing import Callable
 
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from ui.cli.output import emit_json, log, out
+from ui.cli.parser import UsageError, add_common_options
 
 
 def cmd_train_reranker(args: argparse.Namespace) -> int:
+    """Train the fusion reranker over the encoder's candidates and save it, with a model card, to --out."""
     import torch
 
     from retrieval.encoders import create_encoder
-    from retrieval.evaluate import load_dataset
-    from retrieval.rerank.features import compute_rerank_features
     from retrieval.rerank.fusion import save_reranker
-    from retrieval.rerank.training import RerankTrainOptions, dual_similarity, model_card, train_reranker
-    from ui.cli import UsageError, emit_json, out
+    from retrieval.training.datasets import load_dataset
+    from retrieval.training.features import compute_rerank_features
+    from retrieval.training.options import RerankTrainOptions
+    from retrieval.training.reranker import dual_similarity, model_card, train_reranker
 
     if args.epochs < 1 or args.views < 0 or args.hard_k < 1 or args.negatives < 1:
         raise UsageError("--epochs, --hard-k and --negatives must be >= 1 and --views >= 0")
@@ -34,18 +33,18 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     train_set = load_dataset(args.dataset, split=args.train_split)
     dev_set = None if args.dev_split in ("", "none") else load_dataset(args.dataset, split=args.dev_split)
     encoder = create_encoder(args.model or "default", device=args.device)
-    _log(f"training a reranker over {encoder.spec}: {len(train_set.images)} train images"
-         + (f", selecting on {len(dev_set.images)} {args.dev_split} images" if dev_set else ""))
+    log(f"training a reranker over {encoder.spec}: {len(train_set.images)} train images"
+        + (f", selecting on {len(dev_set.images)} {args.dev_split} images" if dev_set else ""))
     cache = args.cache or os.path.join(tempfile.gettempdir(), "imgsearch-features")
     t0 = time.monotonic()
     progress = not args.no_progress
     train_feats = compute_rerank_features(encoder, train_set, views=args.views, seed=args.seed, cache_dir=cache,
-                                          show_progress=progress, log=_log)
+                                          show_progress=progress, log=log)
     train_sims = dual_similarity(encoder, train_set, cache, show_progress=progress)
     dev_feats = dev_sims = None
     if dev_set is not None:
         dev_feats = compute_rerank_features(encoder, dev_set, views=0, seed=args.seed, cache_dir=cache,
-                                            show_progress=progress, log=_log)
+                                            show_progress=progress, log=log)
         dev_sims = dual_similarity(encoder, dev_set, cache, show_progress=progress)
     feature_seconds = time.monotonic() - t0
     options = RerankTrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hard_k=args.hard_k,
@@ -55,12 +54,12 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
                                  self_attention=args.self_attention, itc_weight=args.itc_weight,
                                  init_from=args.init_from, warmup_epochs=args.warmup_epochs,
                                  region_head=args.region_head)
-    from retrieval.training import base_spec_for
+    from retrieval.training.heads import base_spec_for
 
-    from retrieval.rerank.features import base_towers
+    from retrieval.rerank.towers import base_towers
 
     result = train_reranker(train_feats, train_sims, dev_feats, dev_sims, options,
-                            base_spec_for(_base_of(encoder)), show_progress=progress, log=_log,
+                            base_spec_for(_base_of(encoder)), show_progress=progress, log=log,
                             towers=base_towers(encoder))
     command = "imgsearch " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     save_reranker(args.out, result.config, result.state_dict,
@@ -76,8 +75,8 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
         for key in ("without", "with"):
             r = summary["dev"].get(key)
             if r:
-                _log(f"dev {key} rerank: t2i R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["text_to_image"].values())
-                     + ", i2t R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["image_to_text"].values()))
+                log(f"dev {key} rerank: t2i R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["text_to_image"].values())
+                    + ", i2t R@1/5/10 " + "/".join(f"{v:.1f}" for v in r["image_to_text"].values()))
         out(f"reranker written to {summary['out']} (use --rerank --rerank-model {summary['spec']})")
     return 0
 
@@ -87,15 +86,15 @@ def _base_of(encoder) -> str:
     return base.spec if base is not None else encoder.spec
 
 
-def register(sub: argparse._SubParsersAction, common: Callable[..., None]) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``train-reranker`` command to the imgsearch parser."""
-    from retrieval.rerank.options import RerankTrainOptions
+    from retrieval.training.options import RerankTrainOptions
 
     p = sub.add_parser("train-reranker", help="train the cross-attention fusion reranker (ITM with hard negatives)")
     p.add_argument("dataset", help="dataset folder: images/ + captions.jsonl with a split field")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for reranker.safetensors, reranker.json, MODEL_CARD.md")
-    common(p, "the search encoder whose candidates are reranked and whose towers give regions (default: default)")
+    add_common_options(p, "the search encoder whose candidates are reranked and whose towers give regions (default: default)")
     defaults = RerankTrainOptions()
     p.add_argument("--epochs", type=int, default=defaults.epochs,
                    help="an epoch pairs every image with one of its captions")

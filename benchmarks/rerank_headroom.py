@@ -55,7 +55,7 @@ def late_interaction_scorer(towers, train, train_sims: np.ndarray, dev, epochs: 
     import torch.nn.functional as F
 
     from retrieval.rerank.fusion import init_region_head
-    from retrieval.rerank.training import top_candidates
+    from retrieval.training.metrics import top_candidates
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -176,10 +176,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from retrieval.encoders import create_encoder
     from retrieval.encoders.hubness import corrected_similarity
-    from retrieval.evaluate import embed_image_files, embed_image_files_with_regions, load_dataset
     from retrieval.rerank import create_reranker
-    from retrieval.rerank.features import base_towers, compute_rerank_features
-    from retrieval.rerank.training import dual_similarity, reranked_recall
+    from retrieval.rerank.towers import base_towers
+    from retrieval.training.datasets import load_dataset
+    from retrieval.training.evaluate import embed_image_files, embed_image_files_with_regions
+    from retrieval.training.features import compute_rerank_features
+    from retrieval.training.metrics import reranked_recall
+    from retrieval.training.reranker import dual_similarity
 
     dev, train = load_dataset(a.dataset, "dev"), load_dataset(a.dataset, "train")
     enc = create_encoder("default")
@@ -204,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     if reranker is not None:
         measure(f"reranker {reranker.spec}", lambda c, i: reranker.itm_pairs(dev.captions, regions, c, i))
     if a.heads:
-        from retrieval.training import compute_features, embed_features
+        from retrieval.training.features import compute_features
+        from retrieval.training.heads import embed_features
         from retrieval.encoders.heads import load_heads
 
         feats = compute_features(towers, dev, views=0, cache_dir=a.cache, show_progress=False, tokens=True)

@@ -9,7 +9,9 @@ import pytest
 
 from conftest import make_photo
 from retrieval.errors import DatasetError
-from retrieval.evaluate import evaluate, load_dataset, recall_from_similarity
+from retrieval.training.datasets import load_dataset
+from retrieval.training.evaluate import evaluate
+from retrieval.training.metrics import recall_from_similarity
 
 
 def test_recall_matches_hand_computation():

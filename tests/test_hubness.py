@@ -11,9 +11,11 @@ import pytest
 
 from retrieval.encoders.hubness import CANDIDATES, HUBNESS_FILE, Hubness, HubnessSide, load_hubness
 from retrieval.errors import WeightsError
-from retrieval.evaluate import embed_image_files, load_dataset, recall_from_similarity
 from retrieval.search import Searcher
 from retrieval.store import ImageRecord, Store
+from retrieval.training.datasets import load_dataset
+from retrieval.training.evaluate import embed_image_files
+from retrieval.training.metrics import recall_from_similarity
 
 from conftest import FLICKR8K, REPO, FakeEncoder
 

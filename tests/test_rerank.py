@@ -20,17 +20,19 @@ from PIL import Image, ImageDraw
 from conftest import FLICKR8K, SAMPLE_DATA
 from indexer.sync import Indexer
 from retrieval.errors import EncoderSpecError, WeightsError
-from retrieval.evaluate import load_dataset, recall_from_similarity
 from retrieval.images import load_image
 from retrieval.rerank import create_reranker
 from retrieval.rerank.base import Reranker, fuse
-from retrieval.rerank.features import RerankFeatures, compute_rerank_features, image_regions, text_token_states
 from retrieval.rerank.fusion import (CONFIG_FILE, WEIGHTS_FILE, FusionConfig, FusionModel, FusionReranker, load_fusion,
                                      save_reranker)
-from retrieval.rerank.training import (RerankTrainOptions, dual_similarity, feature_pair_scorer, reranked_recall,
-                                       top_candidates, train_reranker)
+from retrieval.rerank.towers import image_regions, text_token_states
 from retrieval.search import Searcher
 from retrieval.store import Store
+from retrieval.training.datasets import load_dataset
+from retrieval.training.features import RerankFeatures, compute_rerank_features
+from retrieval.training.metrics import recall_from_similarity, reranked_recall, top_candidates
+from retrieval.training.options import RerankTrainOptions
+from retrieval.training.reranker import dual_similarity, feature_pair_scorer, train_reranker
 
 needs_flickr = pytest.mark.skipif(not (FLICKR8K / "captions.jsonl").is_file(),
                                   reason=f"Flickr8k not found at {FLICKR8K} (../shared/data/flickr8k from the repo)")
@@ -127,7 +129,7 @@ def test_training_separates_held_back_pairs_better_than_the_untrained_model(flic
 def test_rerank_features_are_cached_and_match_the_towers(default_encoder, tmp_path, monkeypatch):
     """compute_rerank_features: clean + augmented regions and caption tokens of the towers; a second call
     reads the cache."""
-    import retrieval.rerank.features as features
+    import retrieval.training.features as features
 
     ds = load_dataset(str(SAMPLE_DATA)).subset(3)
     feats = compute_rerank_features(default_encoder, ds, views=1, seed=0, cache_dir=str(tmp_path), show_progress=False,
@@ -450,7 +452,7 @@ def test_extra_tensor_is_rejected(tmp_path):
 
 
 def test_reranker_spec_errors(tmp_path, monkeypatch):
-    import retrieval.rerank as rerank
+    import retrieval.rerank.registry as rerank
 
     for spec in ("nope", "fusion", "blip:x"):
         with pytest.raises(EncoderSpecError, match="unknown reranker spec"):

@@ -14,8 +14,10 @@ import torch
 from retrieval.encoders.heads import (CONFIG_FILE, WEIGHTS_FILE, Heads, HeadsConfig, TrainedEncoder, build_heads,
                                       load_heads, save_heads)
 from retrieval.errors import DatasetError, WeightsError
-from retrieval.evaluate import load_dataset
-from retrieval.training import TrainOptions, compute_features, dev_recall, rsum, train_heads
+from retrieval.training.datasets import load_dataset
+from retrieval.training.features import compute_features
+from retrieval.training.heads import TrainOptions, dev_recall, train_heads
+from retrieval.training.metrics import rsum
 
 from conftest import FLICKR8K, REPO, SAMPLE_DATA, FakeEncoder
 
@@ -97,13 +99,13 @@ def test_save_load_roundtrip_gives_identical_embeddings(tiny_features, bridge, t
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     ds = load_dataset(str(FLICKR8K), "dev").subset(2)
-    from retrieval.evaluate import embed_image_files
+    from retrieval.training.evaluate import embed_image_files
 
     ia = embed_image_files(enc1, ds.images, show_progress=False)
     ib = embed_image_files(enc2, ds.images, show_progress=False)
     np.testing.assert_array_equal(ia, ib)
     # the encoder's vectors equal the training-side embedding of the cached clean view
-    from retrieval.training import embed_features
+    from retrieval.training.heads import embed_features
 
     heads = load_heads(tmp_path)[1]
     img, _ = embed_features(heads, dev.subset_images(2), 0.6)
@@ -152,7 +154,7 @@ def test_tuned_text_layer_trains_saves_and_encodes_like_training(tiny_features, 
     gives the cached text features), is trained with the heads; the saved encoder's text vectors equal the
     training-side embedding of the cached token states."""
     from retrieval.encoders.heads import TOKEN_MASK, TOKEN_STATES, pooled_text_features
-    from retrieval.training import embed_features
+    from retrieval.training.heads import embed_features
 
     _, _, cache, train_set = tiny_features
     dev_set = load_dataset(str(FLICKR8K), "dev").subset(64)
@@ -389,7 +391,7 @@ def test_default_fast_is_the_shipped_heads_without_flip_averaging(bridge):
 def test_shipped_default_keeps_open_vocabulary():
     """Queries far from Flickr8k still find the right sample photo in the top 3."""
     from retrieval.encoders import create_encoder
-    from retrieval.evaluate import embed_image_files
+    from retrieval.training.evaluate import embed_image_files
 
     enc = create_encoder("default")
     ds = load_dataset(str(SAMPLE_DATA))

@@ -28,7 +28,7 @@ from .base import EncoderBase, l2_normalize, pick_device, state_digest
 # to the full length; their processors pad with "max_length" (SigLIP's own docs insist).
 _MAX_LENGTH_PADDING = {"siglip", "siglip2"}
 # Tokenizers that do not know their length say so with a huge sentinel (int(1e30)).
-_SANE_MAX_LENGTH = 100_000
+SANE_MAX_LENGTH = 100_000
 # Image-processor settings that change the pixels a model sees.
 _IMAGE_KEYS = (
     "size", "crop_size", "do_resize", "do_center_crop", "do_rescale", "rescale_factor",
@@ -38,7 +38,7 @@ _IMAGE_KEYS = (
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence transformers/huggingface_hub logging, progress bars, warnings and stdout."""
     from transformers.utils import logging as hf_logging
 
@@ -56,7 +56,8 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), for one-line errors."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
 
@@ -150,16 +151,16 @@ def finish_loading(spec: str, source: str, kwargs: dict[str, Any], model: Any, d
         try:
             image_processor = AutoImageProcessor.from_pretrained(source, **kwargs)
         except Exception as exc:
-            raise EncoderSpecError(f"cannot load {spec} — no usable image processor: {_one_line(exc)}") from None
+            raise EncoderSpecError(f"cannot load {spec} — no usable image processor: {one_line(exc)}") from None
     if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         except Exception as exc:
-            raise EncoderSpecError(f"cannot load {spec} — no usable tokenizer: {_one_line(exc)}") from None
+            raise EncoderSpecError(f"cannot load {spec} — no usable tokenizer: {one_line(exc)}") from None
     try:
         model = model.to(device).eval()
     except Exception as exc:
-        raise EncoderSpecError(f"cannot load {spec} — cannot move the model to {device}: {_one_line(exc)}") from None
+        raise EncoderSpecError(f"cannot load {spec} — cannot move the model to {device}: {one_line(exc)}") from None
     return model, image_processor, tokenizer
 
 
@@ -199,7 +200,7 @@ class HFDualEncoder(EncoderBase):
         source, is_dir, offline = resolve_target("hf:", name, local_files_only)
         self.device = pick_device(device)
 
-        with _quiet():
+        with quiet():
             model, image_processor, tokenizer = self._load(source, is_dir, offline)
 
         self.model = model
@@ -220,7 +221,7 @@ class HFDualEncoder(EncoderBase):
         try:
             from transformers import AutoModel
         except Exception as exc:  # pragma: no cover - broken install
-            raise EncoderSpecError(f"cannot load {self.spec} — transformers unavailable: {_one_line(exc)}") from None
+            raise EncoderSpecError(f"cannot load {self.spec} — transformers unavailable: {one_line(exc)}") from None
 
         kwargs: dict[str, Any] = {"local_files_only": True} if offline else {}
         try:
@@ -232,7 +233,7 @@ class HFDualEncoder(EncoderBase):
                 ) from None
             where = "folder" if is_dir else "model"
             raise EncoderSpecError(f"cannot load {self.spec} — {where} does not hold a loadable model: "
-                                   f"{_one_line(exc)}") from None
+                                   f"{one_line(exc)}") from None
         if not (callable(getattr(model, "get_image_features", None))
                 and callable(getattr(model, "get_text_features", None))):
             raise EncoderSpecError(
@@ -283,7 +284,7 @@ class HFDualEncoder(EncoderBase):
     def _pick_max_length(self) -> int:
         lengths = []
         tok_len = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(tok_len, int) and 0 < tok_len < _SANE_MAX_LENGTH:
+        if isinstance(tok_len, int) and 0 < tok_len < SANE_MAX_LENGTH:
             lengths.append(tok_len)
         text_config = getattr(self.model.config, "text_config", None)
         pos = getattr(text_config, "max_position_embeddings", None)

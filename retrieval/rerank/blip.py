@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..encoders.base import batched, pick_device, state_digest
-from ..encoders.hf import _SANE_MAX_LENGTH, _one_line, _quiet, finish_loading, preprocessing_config, resolve_target
+from ..encoders.hf import SANE_MAX_LENGTH, finish_loading, one_line, preprocessing_config, quiet, resolve_target
 from ..errors import EncoderSpecError
 
 PREFIX = "hf-blip:"
@@ -38,7 +38,7 @@ class BlipReranker:
         source, is_dir, offline = resolve_target(PREFIX, name, local_files_only)
         self.device = pick_device(device)
 
-        with _quiet():
+        with quiet():
             self.model, self.image_processor, self.tokenizer = self._load(source, is_dir, offline)
         self.dtype = next(self.model.parameters()).dtype
         vision = self.model.config.vision_config
@@ -56,7 +56,7 @@ class BlipReranker:
         try:
             from transformers import AutoConfig, AutoProcessor, BlipForImageTextRetrieval
         except Exception as exc:  # pragma: no cover - broken install
-            raise EncoderSpecError(f"cannot load {self.spec} — transformers unavailable: {_one_line(exc)}") from None
+            raise EncoderSpecError(f"cannot load {self.spec} — transformers unavailable: {one_line(exc)}") from None
 
         kwargs: dict[str, Any] = {"local_files_only": True} if offline else {}
         where = "folder" if is_dir else "model"
@@ -68,7 +68,7 @@ class BlipReranker:
                     f"cannot load {self.spec} — not found locally and the hub is offline (HF_HUB_OFFLINE=1)"
                 ) from None
             raise EncoderSpecError(f"cannot load {self.spec} — {where} does not hold a loadable model: "
-                                   f"{_one_line(exc)}") from None
+                                   f"{one_line(exc)}") from None
         model_type = str(getattr(config, "model_type", "") or "")
         if model_type != "blip":
             raise EncoderSpecError(f"cannot load {self.spec} — a {model_type or 'non-BLIP'} model, "
@@ -78,7 +78,7 @@ class BlipReranker:
                 source, config=config, dtype=torch.float32, output_loading_info=True, **kwargs)
         except Exception as exc:
             raise EncoderSpecError(f"cannot load {self.spec} — {where} does not hold a loadable model: "
-                                   f"{_one_line(exc)}") from None
+                                   f"{one_line(exc)}") from None
         missing = sorted(str(k) for k in (info or {}).get("missing_keys", ()) or ())
         if missing:
             head = [k for k in missing if "itm_head" in k]
@@ -96,7 +96,7 @@ class BlipReranker:
     def _pick_max_length(self) -> int:
         lengths = []
         tok_len = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(tok_len, int) and 0 < tok_len < _SANE_MAX_LENGTH:
+        if isinstance(tok_len, int) and 0 < tok_len < SANE_MAX_LENGTH:
             lengths.append(tok_len)
         pos = getattr(self.model.config.text_config, "max_position_embeddings", None)
         if isinstance(pos, int) and pos > 0:

@@ -243,7 +243,7 @@ class FusionReranker:
     def __init__(self, folder: str | os.PathLike, spec: str | None = None, encoder=None,
                  device: str | None = None) -> None:
         from ..encoders import create_encoder
-        from .features import base_towers
+        from .towers import base_towers
 
         self.folder = os.path.abspath(folder)
         self.config, self.model = load_fusion(self.folder)
@@ -271,7 +271,7 @@ class FusionReranker:
 
     def encode_regions(self, images: Sequence[Image.Image]) -> np.ndarray:
         """RGB PIL images -> float16 regions (n, R, C) (49 x 320 for the bundled towers)."""
-        from .features import image_regions
+        from .towers import image_regions
 
         if not images:
             return np.zeros((0, self.config.num_regions, self.config.region_dim), np.float16)
@@ -281,7 +281,7 @@ class FusionReranker:
     @torch.inference_mode()
     def itm_scores(self, texts: Sequence[str], regions: np.ndarray) -> np.ndarray:
         """Matching logits for aligned (text, regions) pairs; a single text or region broadcasts."""
-        from .features import text_token_states
+        from .towers import text_token_states
 
         texts = [" ".join(str(t).split()) for t in texts]
         regions = np.asarray(regions)
@@ -314,7 +314,7 @@ class FusionReranker:
 
         Texts are encoded in batches (not one query at a time), so scoring a whole dataset is fast.
         """
-        from .features import text_token_states
+        from .towers import text_token_states
 
         text_index, image_index = np.asarray(text_index), np.asarray(image_index)
         out = np.empty(len(text_index), np.float32)

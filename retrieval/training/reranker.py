@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..evaluate import Dataset, recall_from_similarity
-from .features import RerankFeatures
-from .fusion import FusionConfig, FusionModel
+from ..encoders import Encoder
+from ..encoders.heads import TrainedEncoder, is_rich
+from ..errors import DatasetError, WeightsError
+from ..rerank.fusion import FusionConfig, FusionModel, init_region_head, load_fusion
+from .datasets import Dataset
+from .evaluate import embed_image_files
+from .features import RerankFeatures, compute_features
+from .heads import embed_features
+from .metrics import reranked_recall, top_candidates
 from .options import RerankTrainOptions
-
-ALPHAS = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0, 40.0, 60.0, 80.0, 120.0, 200.0)
 
 
 @dataclass
@@ -39,83 +44,6 @@ class RerankTrainResult:
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def top_candidates(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(captions x k) best images per caption and (images x k) best captions per image, best first."""
-    sims = np.asarray(sims, np.float32)
-    k_img, k_cap = min(k, sims.shape[1]), min(k, sims.shape[0])
-    t2i = np.argpartition(-sims, k_img - 1, axis=1)[:, :k_img]
-    t2i = np.take_along_axis(t2i, np.argsort(-np.take_along_axis(sims, t2i, 1), axis=1, kind="stable"), 1)
-    i2t = np.argpartition(-sims.T, k_cap - 1, axis=1)[:, :k_cap]
-    i2t = np.take_along_axis(i2t, np.argsort(-np.take_along_axis(sims.T, i2t, 1), axis=1, kind="stable"), 1)
-    return t2i, i2t
-
-
-def reranked_recall(sims: np.ndarray, caption_image: np.ndarray,
-                    pair_scores: Callable[[np.ndarray, np.ndarray], np.ndarray], k: int = 20,
-                    alphas: Sequence[float] = ALPHAS, fixed_alpha: float | None = None,
-                    caption_rows: np.ndarray | None = None, image_cols: np.ndarray | None = None,
-                    fixed_caption_alpha: float | None = None, i2t_sims: np.ndarray | None = None) -> dict:
-    """Recall both ways before and after reranking each query's top-k with ``itm + alpha * sim``.
-
-    ``pair_scores(caption_idx, image_idx)`` gives ITM logits for pairs. Queries may be limited to
-    ``caption_rows`` (text->image) and ``image_cols`` (image->text). Each direction gets its own
-    alpha: the best of ``alphas`` by that direction's R@1 + R@5 (then R@1; as ``fit-hubness`` chooses
-    k and beta), unless fixed (``fixed_alpha`` for text->image, ``fixed_caption_alpha`` for
-    image->text, which defaults to ``fixed_alpha``). ``i2t_sims``: other scores for image->text (a
-    hubness-corrected matrix), else ``sims``. Returns the recall without reranking, with it, ``alpha``,
-    ``caption_alpha`` and ``by_alpha`` (R@1 and R@5 at every alpha tried).
-    """
-    sims = np.asarray(sims, np.float32)
-    i2t_sims = sims if i2t_sims is None else np.asarray(i2t_sims, np.float32)
-    caption_image = np.asarray(caption_image)
-    rows = np.arange(sims.shape[0]) if caption_rows is None else np.asarray(caption_rows)
-    cols = np.arange(sims.shape[1]) if image_cols is None else np.asarray(image_cols)
-    t2i, _ = top_candidates(sims, k)
-    _, i2t = top_candidates(i2t_sims, k)
-    t2i, i2t = t2i[rows], i2t[cols]
-    cap_a = np.concatenate([np.repeat(rows, t2i.shape[1]), i2t.reshape(-1)])
-    img_a = np.concatenate([t2i.reshape(-1), np.repeat(cols, i2t.shape[1])])
-    scores = np.asarray(pair_scores(cap_a, img_a), np.float64)
-    s_t2i = scores[: t2i.size].reshape(t2i.shape)
-    s_i2t = scores[t2i.size:].reshape(i2t.shape)
-    # float64: at an offset of 1e4, float32 would tie candidates closer than ~1e-3
-    sub_t = sims[rows].astype(np.float64)  # (queries, images)
-    sub_i = i2t_sims[:, cols].T.astype(np.float64)  # (images, captions)
-    sim_t2i = np.take_along_axis(sub_t, t2i, 1)
-    sim_i2t = np.take_along_axis(sub_i, i2t, 1)
-    own_caps = caption_image[None, :] == cols[:, None]  # (images, captions)
-    ks = (1, 5, 10)
-
-    def t2i_recall(alpha: float | None) -> dict:
-        sub = sub_t.copy()
-        if alpha is not None:  # reranked candidates go above the rest, in fused order
-            np.put_along_axis(sub, t2i, 1e4 + s_t2i + alpha * sim_t2i, 1)
-        own = sub[np.arange(len(rows)), caption_image[rows]]
-        rank = (sub > own[:, None]).sum(1)
-        return {f"R@{q}": round(100.0 * float(np.mean(rank < q)), 2) for q in ks}
-
-    def i2t_recall(alpha: float | None) -> dict:
-        sub = sub_i.copy()
-        if alpha is not None:
-            np.put_along_axis(sub, i2t, 1e4 + s_i2t + alpha * sim_i2t, 1)
-        best_own = np.where(own_caps, sub, -np.inf).max(axis=1)  # the best-scoring own caption
-        rank = (sub > best_own[:, None]).sum(1)
-        return {f"R@{q}": round(100.0 * float(np.mean(rank < q)), 2) for q in ks}
-
-    def pick(fn, fixed):
-        tried = {a: fn(a) for a in ([fixed] if fixed is not None else list(alphas))}
-        best = max(tried, key=lambda a: (tried[a]["R@1"] + tried[a]["R@5"], tried[a]["R@1"]))
-        return best, tried
-
-    a_t, by_t = pick(t2i_recall, fixed_alpha)
-    a_i, by_i = pick(i2t_recall, fixed_caption_alpha if fixed_caption_alpha is not None else fixed_alpha)
-    return {"without": {"text_to_image": t2i_recall(None), "image_to_text": i2t_recall(None)},
-            "with": {"text_to_image": by_t[a_t], "image_to_text": by_i[a_i]},
-            "alpha": a_t, "caption_alpha": a_i,
-            "by_alpha": {direction: {str(a): {q: r[q] for q in ("R@1", "R@5")} for a, r in tried.items()}
-                         for direction, tried in (("text_to_image", by_t), ("image_to_text", by_i))}}
 
 
 def feature_pair_scorer(model: FusionModel, feats: RerankFeatures, batch: int = 256
@@ -147,8 +75,6 @@ def _random_other(rng: np.random.Generator, n: int, not_this: int, size: int) ->
 
 
 def _seed_all(seed: int) -> None:
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -157,15 +83,13 @@ def _seed_all(seed: int) -> None:
 def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFeatures | None,
                    dev_sims: np.ndarray | None, options: RerankTrainOptions, base_spec: str,
                    show_progress: bool = True, log: Callable[[str], None] | None = None,
-                   towers=None) -> RerankTrainResult:
+                   towers: Encoder | None = None) -> RerankTrainResult:
     """Train a fusion model with ITM loss on positives and dual-encoder hard negatives, both directions."""
     log = log or (lambda m: print(m, file=sys.stderr))
     t0 = time.monotonic()
     _seed_all(options.seed)
     n_views, n_images, n_regions, region_dim = train.regions.shape
     if n_images < 2:
-        from ..errors import DatasetError
-
         raise DatasetError("training a reranker needs at least 2 captioned images (negatives come from the others)")
     cfg = FusionConfig(base_spec=base_spec, region_dim=region_dim, num_regions=n_regions,
                        text_dim=train.tokens.shape[1], width=options.width, layers=options.layers,
@@ -175,16 +99,10 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
     if cfg.region_head:
         if towers is None:
             raise ValueError("region_head needs the bundled towers (pass towers=)")
-        from .fusion import init_region_head
-
         init_region_head(model, towers)
     if options.init_from:  # fine-tune an existing reranker (its shape wins over the options)
-        from .fusion import load_fusion
-
         init_cfg, init_model = load_fusion(options.init_from)
         if (init_cfg.region_dim, init_cfg.num_regions, init_cfg.text_dim) != (region_dim, n_regions, cfg.text_dim):
-            from ..errors import WeightsError
-
             raise WeightsError(f"reranker in {options.init_from} reads other features than this encoder gives")
         cfg = FusionConfig(**{**init_cfg.__dict__, "base_spec": base_spec, "train": {}})
         model = FusionModel(cfg)
@@ -306,18 +224,13 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
     return RerankTrainResult(cfg, best_state, dev_metrics, best_epoch, history, time.monotonic() - t0)
 
 
-def dual_similarity(encoder, dataset: Dataset, cache_dir: str | None = None, show_progress: bool = True
+def dual_similarity(encoder: Encoder, dataset: Dataset, cache_dir: str | None = None, show_progress: bool = True
                     ) -> np.ndarray:
     """The dual encoder's (captions x images) cosine similarities on a dataset (clean view).
 
     Trained heads on the bundled towers reuse the cached tower features of ``imgsearch train``.
     """
-    from ..encoders.heads import TrainedEncoder, is_rich
-    from ..evaluate import embed_image_files
-
     if isinstance(encoder, TrainedEncoder) and is_rich(encoder.base) and cache_dir:
-        from ..training import compute_features, embed_features
-
         feats = compute_features(encoder.base, dataset, views=0, cache_dir=cache_dir, show_progress=show_progress,
                                  tokens=bool(encoder.config.text_layers))
         img, txt = embed_features(encoder.heads, feats, encoder.config.blend)

@@ -1,221 +1,30 @@
-"""Training projection heads with symmetric InfoNCE on frozen base-encoder features.
+"""Training projection heads with symmetric InfoNCE on cached frozen base-encoder features.
 
-Base features (image views and captions) are computed once and cached as safetensors
-files, so retraining takes seconds to minutes. Everything is seeded and reproducible.
+The base features come from ``features.compute_features`` (cached), so retraining takes seconds to
+minutes. Everything is seeded and reproducible.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, TypeVar
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
-from .encoders import BUNDLED_SPECS
-from .encoders.base import batched
-from .encoders.heads import TOKEN_MASK, TOKEN_STATES, Heads, HeadsConfig, blend, build_heads, feature_extractors
-from .errors import DatasetError, ImageLoadError
-from .evaluate import Dataset, iter_image_batches, recall_from_similarity
-from .images import load_image
+from ..encoders import BUNDLED_SPECS
+from ..encoders.heads import TOKEN_MASK, TOKEN_STATES, Heads, HeadsConfig, blend, build_heads
+from ..errors import DatasetError, EncoderSpecError
+from .features import FeatureSet
+from .metrics import recall_from_similarity, rsum
 
-FEATURE_VERSION = 1
-T = TypeVar("T")
-
-
-# -- augmentation ----------------------------------------------------------------------------
-
-def augment(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
-    """A random resized crop (scale 0.35-1), horizontal flip and colour jitter, as a size x size image."""
-    import torchvision.transforms.functional as TF
-
-    w, h = image.size
-    area = w * h
-    for _ in range(10):
-        target = area * rng.uniform(0.35, 1.0)
-        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        cw, ch = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
-        if 0 < cw <= w and 0 < ch <= h:
-            top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
-            break
-    else:
-        cw = ch = min(w, h)
-        top, left = (h - ch) // 2, (w - cw) // 2
-    out = TF.resized_crop(image, top, left, ch, cw, [size, size], interpolation=TF.InterpolationMode.BICUBIC,
-                          antialias=True)
-    if rng.random() < 0.5:
-        out = TF.hflip(out)
-    if rng.random() < 0.8:
-        jitters = [lambda im: TF.adjust_brightness(im, rng.uniform(0.7, 1.3)),
-                   lambda im: TF.adjust_contrast(im, rng.uniform(0.7, 1.3)),
-                   lambda im: TF.adjust_saturation(im, rng.uniform(0.6, 1.4)),
-                   lambda im: TF.adjust_hue(im, rng.uniform(-0.04, 0.04))]
-        rng.shuffle(jitters)
-        for fn in jitters:
-            out = fn(out)
-    if rng.random() < 0.1:
-        out = TF.to_grayscale(out, num_output_channels=3)
-    return out
-
-
-# -- feature cache ---------------------------------------------------------------------------
-
-def _cache_key(encoder, dataset: Dataset, version: int = FEATURE_VERSION) -> str:
-    """A short digest of the encoder, the dataset's files and captions and the cache format version."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"v": version, "fp": encoder.fingerprint, "root": dataset.root,
-                         "split": dataset.split, "n": len(dataset.images)}).encode())
-    for p in dataset.images:
-        h.update(os.path.basename(p).encode())
-    for c in dataset.captions:
-        h.update(c.encode())
-    return h.hexdigest()[:16]
-
-
-def _save(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path + ".tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)})
-    os.replace(tmp, path)
-
-
-def _load(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(path)
-
-
-def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.cat([p[k] for p in parts]).to(torch.float16) for k in parts[0]}
-
-
-@dataclass
-class FeatureSet:
-    """Cached base features of one dataset split: image views (V, N, d) and captions (C, d)."""
-
-    images: dict[str, torch.Tensor]
-    texts: dict[str, torch.Tensor]
-    caption_image: torch.Tensor
-    image_dims: dict[str, int]
-    text_dims: dict[str, int]
-    image_blend_input: str
-    text_blend_input: str
-    tokens: "CaptionTokens | None" = None  # caption token states, for heads that tune the text tower's last layer
-
-    @property
-    def views(self) -> int:
-        return next(iter(self.images.values())).shape[0]
-
-    def subset_images(self, n: int) -> "FeatureSet":
-        """The first n images and their captions."""
-        keep = self.caption_image < n
-        tokens = self.tokens.select(torch.nonzero(keep).flatten()) if self.tokens is not None else None
-        return FeatureSet({k: v[:, :n] for k, v in self.images.items()}, {k: v[keep] for k, v in self.texts.items()},
-                          self.caption_image[keep], self.image_dims, self.text_dims,
-                          self.image_blend_input, self.text_blend_input, tokens)
-
-
-def map_image_view(dataset: Dataset, preprocess: Callable, size: int, view: int, seed: int, batch_size: int,
-                   fn: Callable[[torch.Tensor], T], desc: str, show_progress: bool = True) -> list[T]:
-    """``fn`` over preprocessed batches of one view of every image (0: clean; v > 0: augmented with a
-    per-image seed, so a view is the same crop every time), decoded ahead in a thread pool."""
-
-    def prep(p: str) -> torch.Tensor:
-        im = load_image(p, target_size=size)
-        if view:
-            im = augment(im, size, random.Random(f"{seed}:{view}:{os.path.basename(p)}"))
-        return preprocess(im)
-
-    out = []
-    with tqdm(total=len(dataset.images), desc=desc, unit="img", file=sys.stderr, disable=not show_progress) as bar:
-        try:
-            for chunk, pixels in iter_image_batches(dataset.images, prep, batch_size, workers=2):
-                out.append(fn(pixels))
-                bar.update(len(chunk))
-        except ImageLoadError as e:
-            raise DatasetError(f"cannot compute features: {e}") from e
-    return out
-
-
-def compute_features(encoder, dataset: Dataset, views: int = 0, seed: int = 0, cache_dir: str | None = None,
-                     batch_size: int = 64, show_progress: bool = True, log: Callable[[str], None] | None = None,
-                     tokens: bool = False) -> FeatureSet:
-    """Base features for every image (1 clean + ``views`` augmented views) and every caption; with
-    ``tokens``, also the captions' token states (bundled towers only; see ``TrainOptions.text_layers``).
-
-    With ``cache_dir``, each view and the captions are stored in their own file and reused
-    by later calls (a run asking for more views computes only the missing ones).
-    """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    image_fn, text_fn, image_dims, text_dims, ib, tb = feature_extractors(encoder)
-    folder = None
-    if cache_dir:
-        folder = os.path.join(cache_dir, f"{dataset.split or 'all'}-{_cache_key(encoder, dataset)}")
-        os.makedirs(folder, exist_ok=True)
-    size = encoder.image_size
-
-    def text_part() -> dict[str, torch.Tensor]:
-        path = folder and os.path.join(folder, "text.safetensors")
-        if path and os.path.isfile(path):
-            return _load(path)
-        order = sorted(range(len(dataset.captions)), key=lambda i: len(dataset.captions[i]))
-        parts, idx = [], []
-        with torch.inference_mode(), tqdm(total=len(order), desc=f"captions {dataset.split or ''}", unit="cap",
-                                          file=sys.stderr, disable=not show_progress) as bar:
-            for chunk in batched(order, 256):
-                feats = text_fn([dataset.captions[i] for i in chunk])
-                parts.append({k: v.float().cpu() for k, v in feats.items()})
-                idx.extend(chunk)
-                bar.update(len(chunk))
-        out = _stack(parts)
-        inverse = torch.empty(len(idx), dtype=torch.long)
-        inverse[torch.tensor(idx)] = torch.arange(len(idx))
-        out = {k: v[inverse] for k, v in out.items()}
-        if path:
-            _save(path, out, {"split": dataset.split, "captions": len(idx)})
-        return out
-
-    def view_part(v: int) -> dict[str, torch.Tensor]:
-        path = folder and os.path.join(folder, f"view{v}-seed{seed if v else 0}.safetensors")
-        if path and os.path.isfile(path):
-            return _load(path)
-
-        with torch.inference_mode():
-            parts = map_image_view(dataset, encoder.preprocess, size, v, seed, batch_size,
-                                   lambda px: {k: t.float().cpu() for k, t in image_fn(px).items()},
-                                   f"images {dataset.split or ''} view {v}", show_progress)
-        out = _stack(parts)
-        if path:
-            _save(path, out, {"split": dataset.split, "view": v, "seed": seed})
-        return out
-
-    t0 = time.monotonic()
-    caption_tokens = None
-    if tokens:  # first: a base without them fails before minutes of image features
-        from .rerank.features import compute_caption_tokens
-
-        caption_tokens = compute_caption_tokens(encoder, dataset, cache_dir, show_progress)
-    texts = text_part()
-    image_views = [view_part(v) for v in range(views + 1)]
-    images = {k: torch.stack([iv[k] for iv in image_views]) for k in image_views[0]}
-    log(f"features for {len(dataset.images)} images x {views + 1} views, {len(dataset.captions)} captions "
-        f"ready in {time.monotonic() - t0:.0f}s")
-    return FeatureSet(images, texts, torch.as_tensor(dataset.caption_image, dtype=torch.long),
-                      image_dims, text_dims, ib, tb, caption_tokens)
-
-
-# -- training --------------------------------------------------------------------------------
 
 @dataclass
 class TrainOptions:
@@ -268,11 +77,6 @@ class TrainResult:
             out["members"] = self.config.members
             out["member_dev"] = self.config.train.get("member_dev", [])
         return out
-
-
-def rsum(r: dict) -> float:
-    """Sum of R@1/5/10 both ways."""
-    return float(sum(r["text_to_image"].values()) + sum(r["image_to_text"].values()))
 
 
 def _seed_all(seed: int) -> None:
@@ -502,8 +306,6 @@ def base_spec_for(spec: str | None) -> str:
     if spec in BUNDLED_SPECS:
         return "bridge"
     if spec.startswith("heads:"):
-        from .errors import EncoderSpecError
-
         raise EncoderSpecError("train on a base encoder ('bridge' or 'hf:...'), not on trained heads")
     return spec
 
@@ -558,81 +360,3 @@ def model_card(result: TrainResult, dataset_root: str, command: str, feature_sec
               f"- head training: {result.seconds / 60:.1f} min\n",
               "## Reproduce\n", "```", command, "```\n"]
     return "\n".join(parts) + extra_sections
-
-
-# -- hubness correction ----------------------------------------------------------------------
-
-HUBNESS_KS = (20, 30, 50)
-HUBNESS_BETAS = (0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0)
-
-
-@dataclass
-class HubnessResult:
-    """A fitted correction (None when it does not help on dev) and dev recall without and with it."""
-
-    hubness: "Hubness | None"
-    dev_without: dict
-    dev_with: dict
-    bank: int
-    seconds: float
-
-    def summary(self) -> dict:
-        return {"dev_without": self.dev_without, "dev_with": self.dev_with, "bank": self.bank,
-                "sides": self.hubness.describe() if self.hubness else {}, "seconds": round(self.seconds, 1)}
-
-
-def fit_hubness(encoder, train: Dataset, dev: Dataset, bank: int = 2000, seed: int = 0,
-                ks: tuple[int, ...] = HUBNESS_KS, betas: tuple[float, ...] = HUBNESS_BETAS,
-                show_progress: bool = True) -> HubnessResult:
-    """Banks of ``bank`` train captions and train photos (a seeded sample), with k and beta per side
-    chosen on ``dev``: text->image by R@1 + R@5, image->text by R@1 + R@5; a side that does not
-    raise them is left out."""
-    from .encoders.hubness import Hubness, HubnessSide, corrected_similarity
-    from .weights_io import from_int8_rows, int8_rows
-    from .evaluate import embed_image_files
-
-    t0 = time.monotonic()
-    rng = np.random.default_rng(seed)
-    n_img, n_cap = min(bank, len(train.images)), min(bank, len(train.captions))
-    if n_img < max(ks) or n_cap < max(ks):
-        raise DatasetError(f"the train split is too small for a hubness bank ({n_img} photos, {n_cap} captions)")
-    img_idx = np.sort(rng.choice(len(train.images), n_img, replace=False))
-    cap_idx = np.sort(rng.choice(len(train.captions), n_cap, replace=False))
-    try:
-        # as stored (int8), so the dev figures below are those of the written file
-        text_bank = from_int8_rows(*int8_rows(encoder.encode_texts([train.captions[i] for i in cap_idx])))
-        image_bank = from_int8_rows(*int8_rows(
-            embed_image_files(encoder, [train.images[i] for i in img_idx], show_progress=show_progress)))
-        dev_img = embed_image_files(encoder, dev.images, show_progress=show_progress)
-    except ImageLoadError as e:
-        raise DatasetError(f"cannot fit the hubness correction: {e}") from e
-    dev_txt = encoder.encode_texts(dev.captions)
-    sims = dev_txt @ dev_img.T
-    caption_image = np.asarray(dev.caption_image)
-    plain = recall_from_similarity(sims, caption_image)
-
-    def score(r: dict) -> float:
-        return r["R@1"] + r["R@5"]
-
-    sides: dict[str, HubnessSide] = {}
-    best_t2i, best_i2t = plain["text_to_image"], plain["image_to_text"]
-    for k in ks:
-        # the penalty is beta times a mean top-k cosine: computed once per k
-        raw_img = HubnessSide(text_bank, k, 1.0).penalties(dev_img)
-        raw_cap = HubnessSide(image_bank, k, 1.0).penalties(dev_txt)
-        for beta in betas:
-            r = recall_from_similarity(sims - beta * raw_img[None, :], caption_image)["text_to_image"]
-            if score(r) > score(best_t2i):
-                best_t2i, sides["image"] = r, HubnessSide(text_bank, k, beta)
-            r = recall_from_similarity(sims - beta * raw_cap[:, None], caption_image)["image_to_text"]
-            if score(r) > score(best_i2t):
-                best_i2t, sides["caption"] = r, HubnessSide(image_bank, k, beta)
-    # centred on typical results (the other bank: train photos for the image side, captions for the
-    # caption side), so corrected scores stay on the cosine's scale; rankings do not change
-    typical = {"image": image_bank, "caption": text_bank}
-    sides = {kind: side.centred(typical[kind]) for kind, side in sides.items()}
-    hub = Hubness(sides) if sides else None
-    t2i, i2t = corrected_similarity(sims, hub, dev_img, dev_txt)
-    dev_with = {"text_to_image": recall_from_similarity(t2i, caption_image)["text_to_image"],
-                "image_to_text": recall_from_similarity(i2t, caption_image)["image_to_text"]}
-    return HubnessResult(hub, plain, dev_with, bank, time.monotonic() - t0)

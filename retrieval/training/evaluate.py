@@ -1,8 +1,7 @@
-"""Retrieval evaluation on a captioned dataset (Flickr/COCO protocol)."""
+"""Retrieval evaluation on a captioned dataset (Flickr/COCO protocol), with or without a reranker."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections import deque
@@ -14,93 +13,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .encoders import Encoder
-from .encoders.base import batched
-from .errors import DatasetError, ImageLoadError
-from .images import load_image
-
-KS = (1, 5, 10)
-
-
-@dataclass
-class Dataset:
-    """Images with their captions: ``caption_image[j]`` is the index of caption j's image."""
-
-    root: str
-    images: list[str]  # absolute paths
-    captions: list[str]
-    caption_image: np.ndarray
-    split: str | None = None
-
-    def subset(self, n: int) -> "Dataset":
-        """The first n images and their captions."""
-        keep = self.caption_image < n
-        return Dataset(self.root, self.images[:n], [c for c, k in zip(self.captions, keep) if k],
-                       self.caption_image[keep], self.split)
-
-
-def load_dataset(folder: str, split: str | None = None) -> Dataset:
-    """Read ``folder/captions.jsonl`` (+ ``folder/images/``), optionally keeping one split."""
-    folder = os.path.abspath(folder)
-    manifest = os.path.join(folder, "captions.jsonl")
-    if not os.path.isfile(manifest):
-        raise DatasetError(f"{folder} is not a dataset: no captions.jsonl (expected images/ + captions.jsonl)")
-    image_dir = os.path.join(folder, "images")
-    base = image_dir if os.path.isdir(image_dir) else folder
-    images, captions, owner = [], [], []
-    splits = set()
-    with open(manifest, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                name, caps = obj["image"], list(obj["captions"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise DatasetError(f"{manifest}:{lineno}: not a {{\"image\", \"captions\"}} line") from e
-            splits.add(obj.get("split"))
-            if split is not None and obj.get("split") != split:
-                continue
-            images.append(os.path.join(base, name))
-            for c in caps:
-                captions.append(str(c))
-                owner.append(len(images) - 1)
-    if not images:
-        known = ", ".join(sorted(s for s in splits if s)) or "none"
-        raise DatasetError(f"no images in {folder}" + (f" for split '{split}' (splits: {known})" if split else ""))
-    return Dataset(folder, images, captions, np.asarray(owner, dtype=np.int64), split)
-
-
-def recall_at_k(image_vecs: np.ndarray, text_vecs: np.ndarray, caption_image: np.ndarray,
-                ks: Sequence[int] = KS) -> dict[str, dict[str, float]]:
-    """Recall@k in percent both ways from unit vectors.
-
-    text->image: each caption queries all images; a hit if its own image is in the top k.
-    image->text: each image queries all captions; a hit if any of its own captions is in the top k.
-    """
-    sims = text_vecs @ image_vecs.T  # (captions, images)
-    return recall_from_similarity(sims, caption_image, ks)
-
-
-def recall_from_similarity(sims: np.ndarray, caption_image: np.ndarray,
-                           ks: Sequence[int] = KS) -> dict[str, dict[str, float]]:
-    """Recall@k (percent) both ways from a (captions, images) similarity matrix."""
-    caption_image = np.asarray(caption_image)
-    n_caps, n_images = sims.shape
-    own = sims[np.arange(n_caps), caption_image]
-    # rank of the true image for each caption = number of images scoring strictly higher
-    t2i_rank = (sims > own[:, None]).sum(axis=1)
-    # for each image, best rank over its captions when ranking all captions by sims[:, image]
-    i2t_rank = np.full(n_images, n_caps, dtype=np.int64)
-    order = np.argsort(-sims, axis=0, kind="stable")  # (captions, images)
-    for img in range(n_images):
-        positions = np.nonzero(caption_image[order[:, img]] == img)[0]
-        if len(positions):
-            i2t_rank[img] = positions[0]
-    return {
-        "text_to_image": {f"R@{k}": round(100.0 * float(np.mean(t2i_rank < k)), 2) for k in ks},
-        "image_to_text": {f"R@{k}": round(100.0 * float(np.mean(i2t_rank < k)), 2) for k in ks},
-    }
+from ..encoders import Encoder
+from ..encoders.base import batched
+from ..encoders.hubness import corrected_similarity
+from ..errors import DatasetError, ImageLoadError
+from ..images import load_image
+from ..rerank.base import Reranker, caption_alpha_of
+from .datasets import Dataset
+from .metrics import recall_at_k, recall_from_similarity, reranked_recall
 
 
 def iter_image_batches(paths: Sequence[str], prep: Callable[[str], Any], batch_size: int = 32,
@@ -159,8 +79,8 @@ class EvalResult:
                 "images": self.images, "captions": self.captions, **self.extra}
 
 
-def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True, reranker=None,
-             rerank_k: int = 20, tune_alpha: bool = False) -> EvalResult:
+def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True,
+             reranker: Reranker | None = None, rerank_k: int = 20, tune_alpha: bool = False) -> EvalResult:
     """Embed a dataset with ``encoder`` and measure recall@1/5/10 both ways.
 
     With a ``reranker`` the top ``rerank_k`` of every query are reranked (at the reranker's own
@@ -169,8 +89,6 @@ def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True, rer
     (reported with the recall of every alpha tried) instead of the reranker's own.
     An encoder with a hubness correction is measured with it, as it searches.
     """
-    from .encoders.hubness import corrected_similarity
-
     hub = getattr(encoder, "hubness", None)
     extra = {"hubness": hub.describe()} if hub is not None else {}
     if reranker is None:
@@ -183,8 +101,6 @@ def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True, rer
             r = {"text_to_image": recall_from_similarity(t2i, dataset.caption_image)["text_to_image"],
                  "image_to_text": recall_from_similarity(i2t, dataset.caption_image)["image_to_text"]}
         return EvalResult(r["text_to_image"], r["image_to_text"], len(dataset.images), len(dataset.captions), extra)
-    from .rerank.training import reranked_recall
-
     image_vecs, regions = embed_image_files_with_regions(encoder, reranker, dataset.images, show_progress=show_progress)
     text_vecs = encoder.encode_texts(dataset.captions)
     sims, i2t_sims = corrected_similarity(text_vecs @ image_vecs.T, hub, image_vecs, text_vecs)
@@ -201,8 +117,6 @@ def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True, rer
             bar.update(1)
         return out
 
-    from .rerank.base import caption_alpha_of
-
     r = reranked_recall(sims, dataset.caption_image, pair_scores, k=rerank_k,
                         fixed_alpha=None if tune_alpha else reranker.alpha,
                         fixed_caption_alpha=None if tune_alpha else caption_alpha_of(reranker), i2t_sims=i2t_sims)
@@ -214,7 +128,7 @@ def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True, rer
                                                          "caption_alpha": r["caption_alpha"], **tuned}})
 
 
-def embed_image_files_with_regions(encoder: Encoder, reranker, paths: Sequence[str], batch_size: int = 32,
+def embed_image_files_with_regions(encoder: Encoder, reranker: Reranker, paths: Sequence[str], batch_size: int = 32,
                                    show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Image vectors and the reranker's region tokens for image files (one decode per image)."""
     shared = getattr(encoder, "region_key", None) == reranker.region_key

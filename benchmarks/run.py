@@ -10,9 +10,12 @@ from typing import Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_FLICKR = Path(os.environ.get("IMGSEARCH_FLICKR8K", REPO.parent / "shared" / "data" / "flickr8k"))
-DEFAULT_CACHE = Path(os.environ.get("IMGSEARCH_BENCH_CACHE", "/tmp/imgsearch-bench"))
+from retrieval.settings import Settings
+
+# the `imgsearch bench` option defaults, read when the parser imports this module
+# ($IMGSEARCH_FLICKR8K, $IMGSEARCH_BENCH_CACHE; see retrieval.settings)
+DEFAULT_FLICKR = Settings.from_env().flickr8k
+DEFAULT_CACHE = Settings.from_env().bench_cache
 BENCHES = ("model", "index224", "index12mp", "query", "reindex", "rerank")
 OPTIONAL_BENCHES = ("ray",)  # run only when named in --only (starts a Ray runtime; needs imgsearch[ray])
 
@@ -41,8 +44,8 @@ class BenchConfig:
     ray_workers: int | None = None
     ray_shard_size: int = 32
     ray_address: str | None = None
-    flickr_dir: Path = DEFAULT_FLICKR
-    cache_dir: Path = DEFAULT_CACHE
+    flickr_dir: Path = field(default_factory=lambda: Settings.from_env().flickr8k)
+    cache_dir: Path = field(default_factory=lambda: Settings.from_env().bench_cache)
     extra: dict = field(default_factory=dict)
 
     def quicken(self) -> None:

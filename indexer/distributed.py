@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from retrieval.encoders.base import Encoder
 from retrieval.errors import DistributedIndexError
+from retrieval.settings import RAY_FAIL_ENV, Settings
 from retrieval.store import ImageRecord, Store
 
 from .scan import FileEntry
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'imgsearch[ray]'"
 SHARD_SIZE = 256
 RETRIES = 3
-FAIL_ENV = "IMGSEARCH_RAY_FAIL"  # test hook: "SHARD:TIMES,...": shard number SHARD fails its first TIMES attempts
 _SHARD_META = b"imgsearch.shard"
 
 
@@ -342,21 +342,13 @@ class ShardWorker:
                 "node": socket.gethostname()}
 
     def _maybe_fail(self, shard: Shard) -> None:
-        """The test hook (FAIL_ENV): fail the first attempts of a shard, counted by marker files."""
+        """The test hook (RAY_FAIL_ENV): fail the first attempts of a shard, counted by marker files."""
         times = self.fail.get(shard.number, 0)
         for attempt in range(times):
             marker = f".{shard.name}.failed-{attempt}"
             if not self.shards.exists(marker):
                 self.shards.touch(marker)
-                raise RuntimeError(f"injected failure {attempt + 1} of {times} for shard {shard.number} ({FAIL_ENV})")
-
-
-def _fail_plan() -> dict[int, int]:
-    out = {}
-    for part in filter(None, os.environ.get(FAIL_ENV, "").split(",")):
-        number, _, times = part.partition(":")
-        out[int(number)] = int(times or 1)
-    return out
+                raise RuntimeError(f"injected failure {attempt + 1} of {times} for shard {shard.number} ({RAY_FAIL_ENV})")
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -446,13 +438,14 @@ class RayIndexer:
     ``address`` is a Ray cluster address (None starts a local Ray runtime, unless this process is
     already connected); ``workers`` the number of actors (default: one per GPU of the cluster,
     else one per ``cpus_per_worker`` CPUs); ``shard_dir`` where shards go (default DATA_DIR/shards;
-    shared storage with more than one node); ``keep_shards`` keeps them after the build.
+    shared storage with more than one node); ``keep_shards`` keeps them after the build; ``fail`` the
+    test hook {shard number: attempts that fail} (default: ``Settings.ray_fail_plan``).
     """
 
     def __init__(self, encoder: Encoder, store: Store, *, address: str | None = None, workers: int | None = None,
                  shard_size: int = SHARD_SIZE, shard_dir: str | None = None, batch_size: int = 32,
                  cpus_per_worker: int = 1, regions: bool | None = None, retries: int = RETRIES,
-                 keep_shards: bool = False, show_progress: bool = True) -> None:
+                 keep_shards: bool = False, show_progress: bool = True, fail: dict[int, int] | None = None) -> None:
         if min(shard_size, batch_size, cpus_per_worker, workers or 1) < 1 or retries < 0:
             raise ValueError("shard_size, batch_size, cpus_per_worker and workers must be >= 1, retries >= 0")
         require_ray()
@@ -461,6 +454,7 @@ class RayIndexer:
         self.shard_store = ShardStore(shard_dir or str(store.data_dir / "shards"))
         self.batch_size, self.cpus_per_worker, self.retries = batch_size, cpus_per_worker, retries
         self.keep_shards, self.show_progress = keep_shards, show_progress
+        self.fail = Settings.from_env().ray_fail_plan if fail is None else dict(fail)
         self.indexer = Indexer(encoder, store, batch_size=batch_size, show_progress=show_progress, regions=regions)
         self._owns_ray = False
 
@@ -562,7 +556,7 @@ class RayIndexer:
         report.workers, report.gpus_per_worker = self._pool(ray, len(pending))
         worker_args = {"spec": self.encoder.spec, "fingerprint": self.encoder.fingerprint,
                        "regions": self.indexer.region_key is not None, "shard_dir": self.shard_store.location,
-                       "batch_size": self.batch_size, "threads": self.cpus_per_worker, "fail": _fail_plan()}
+                       "batch_size": self.batch_size, "threads": self.cpus_per_worker, "fail": self.fail}
         total = sum(len(s.files) for s in pending)
         bar = tqdm(total=total, desc="embedding on Ray", unit="photo", file=sys.stderr,
                    disable=not self.show_progress, dynamic_ncols=True)

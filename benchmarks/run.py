@@ -13,9 +13,6 @@ import numpy as np
 from retrieval.settings import Settings
 
 # the `imgsearch bench` option defaults, read when the parser imports this module
-# ($IMGSEARCH_FLICKR8K, $IMGSEARCH_BENCH_CACHE; see retrieval.settings)
-DEFAULT_FLICKR = Settings.from_env().flickr8k
-DEFAULT_CACHE = Settings.from_env().bench_cache
 BENCHES = ("model", "index224", "index12mp", "query", "reindex", "rerank")
 OPTIONAL_BENCHES = ("ray",)  # run only when named in --only (starts a Ray runtime; needs imgsearch[ray])
 

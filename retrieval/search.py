@@ -9,7 +9,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image
 
-from .encoders import Encoder, create_encoder
+from .encoders import Encoder
 from .encoders.hubness import CANDIDATES as HUB_CANDIDATES
 from .errors import EmptyIndexError, ImgSearchError
 from .images import load_image
@@ -19,7 +19,7 @@ from .store import Store
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, BinaryIO, Image.Image]
 MAX_QUERY_CHARS = 1000
-PENALTY_CACHE_MAX = 1_000_000  # remembered hubness penalties (about 150 MB at most) before starting afresh
+PENALTY_CACHE_MAX = 1_000_000  # hubness penalties remembered before starting afresh
 
 
 class QueryError(ImgSearchError):
@@ -46,16 +46,18 @@ class Searcher:
     """Answers queries against ``store`` with ``encoder`` (which must be the one that built it).
 
     With a ``reranker``, searches asked to ``rerank`` rescore their top ``rerank_k`` results
-    with it (``itm + alpha * cosine``); the rest follow in their original order.
+    with it (``itm + alpha * cosine``); the rest follow in their original order. ``hubness``:
+    rank with the encoder's hubness correction where it has one (False: by plain cosine).
     """
 
     def __init__(self, encoder: Encoder, store: Store, reranker: "Reranker | None" = None,
-                 rerank_k: int = DEFAULT_RERANK_K) -> None:
+                 rerank_k: int = DEFAULT_RERANK_K, *, hubness: bool = True) -> None:
         store.check_encoder(encoder.fingerprint, encoder.spec)
         self.encoder = encoder
         self.store = store
         self.reranker = reranker
         self.rerank_k = rerank_k
+        self.hubness = getattr(encoder, "hubness", None) if hubness else None
         self._penalty_cache: dict[tuple[str, int], float] = {}
         self._penalty_gen: tuple[int, int] | None = None
 
@@ -196,10 +198,10 @@ class Searcher:
     def _nearest(self, kind: str, vector: np.ndarray, k: int, correct: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Scores and ids of the k best ``kind`` ("image" or "caption") results for one query vector.
 
-        With the encoder's hubness correction for this kind, the nearest ``CANDIDATES`` (or k) by
+        With the searcher's hubness correction for this kind, the nearest ``CANDIDATES`` (or k) by
         cosine are rescored (cosine minus the result's penalty) and the best k kept.
         """
-        hub = getattr(self.encoder, "hubness", None) if correct else None
+        hub = self.hubness if correct else None
         corrects = hub is not None and kind in hub.sides
         search = self.store.search_images if kind == "image" else self.store.search_captions
         scores, ids = search(vector[None, :], max(k, HUB_CANDIDATES) if corrects else k)
@@ -243,21 +245,3 @@ class Searcher:
             hits.append(Hit(rows[c.image_id].path, float(s), c.image_id, c.text, c.id, c.source))
         return hits
 
-
-def open_searcher(data_dir: str | os.PathLike, model: str | None = None, device: str | None = None,
-                  reranker: str | None = None, rerank_k: int = DEFAULT_RERANK_K) -> Searcher:
-    """A Searcher over an existing index, with the encoder it was built with (or ``model``, which must match).
-
-    ``reranker``: a reranker spec (see ``retrieval.rerank.create_reranker``) to load alongside.
-    """
-    store = Store(data_dir, create=False)
-    info = store.encoder_info
-    if info is None:
-        raise EmptyIndexError(f"the index in {store.data_dir} is empty (run `imgsearch index DIR` first)")
-    encoder = create_encoder(model or info.spec, device=device)
-    rr = None
-    if reranker:
-        from .rerank import create_reranker
-
-        rr = create_reranker(reranker, encoder=encoder, device=device)
-    return Searcher(encoder, store, rr, rerank_k)

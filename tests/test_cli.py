@@ -197,3 +197,24 @@ def test_train_reranker_writes_a_loadable_reranker(indexed, capsys, tmp_path):
     assert "train-reranker" in (out / "MODEL_CARD.md").read_text()
     hits = run_json(capsys, "search", "a cat", "--db", str(db), "-k", "5", "--rerank", "--rerank-model", summary["spec"])
     assert len(hits) == 5 and all(0.0 < h["match"] < 1.0 for h in hits)
+
+
+def test_models_lists_every_registered_spec(capsys):
+    """`imgsearch models --json` and the --help texts read the model registries."""
+    from retrieval.encoders.registry import list_models, spec_names
+    from retrieval.rerank.registry import list_rerankers
+    from ui.cli import build_parser
+
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [m["spec"] for m in listed["encoders"]] == [s.usage for s in list_models()]
+    assert [m["spec"] for m in listed["rerankers"]] == [s.usage for s in list_rerankers()]
+    by_spec = {m["spec"]: m for m in listed["encoders"]}
+    assert by_spec["default"]["default"] and by_spec["default"]["installed"]  # the bundled model ships
+    assert by_spec["default"]["dim"] == by_spec["default-fast"]["dim"] and by_spec["bridge"]["dim"] == 384
+    assert by_spec["hf:<hub id or folder>"]["dim"] is None
+    assert all(m["description"] for m in listed["encoders"] + listed["rerankers"])
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out
+    assert "heads:<folder>" in table and "hf-blip:<hub id or folder>" in table
+    assert spec_names(quoted=False) in " ".join(build_parser().format_help().split())

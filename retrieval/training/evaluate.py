@@ -80,16 +80,18 @@ class EvalResult:
 
 
 def evaluate(encoder: Encoder, dataset: Dataset, show_progress: bool = True,
-             reranker: Reranker | None = None, rerank_k: int = 20, tune_alpha: bool = False) -> EvalResult:
+             reranker: Reranker | None = None, rerank_k: int = 20, tune_alpha: bool = False,
+             hubness: bool = True) -> EvalResult:
     """Embed a dataset with ``encoder`` and measure recall@1/5/10 both ways.
 
     With a ``reranker`` the top ``rerank_k`` of every query are reranked (at the reranker's own
     alpha); the result holds the reranked recall, and ``without_rerank`` the recall of the same
     candidates without it. ``tune_alpha``: use, per direction, the alpha that scores best here
     (reported with the recall of every alpha tried) instead of the reranker's own.
-    An encoder with a hubness correction is measured with it, as it searches.
+    An encoder with a hubness correction is measured with it, as it searches (``hubness=False``: by
+    plain cosine).
     """
-    hub = getattr(encoder, "hubness", None)
+    hub = getattr(encoder, "hubness", None) if hubness else None
     extra = {"hubness": hub.describe()} if hub is not None else {}
     if reranker is None:
         image_vecs = embed_image_files(encoder, dataset.images, show_progress=show_progress)

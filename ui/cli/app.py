@@ -6,31 +6,24 @@ Library errors (ImgSearchError) become one line on stderr and a non-zero exit co
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from ui.cli import bench, check, evaluate, index, info, rerank, search, serve, train
+from retrieval.encoders.registry import spec_names
+from retrieval.rerank.registry import reranker_spec_names
+from ui.cli import bench, check, evaluate, index, info, models, rerank, search, serve, train
 from ui.cli.output import log, own_stdout, quiet_libraries
 from ui.cli.parser import EXIT_ERROR, EXIT_USAGE, UsageError
 
-COMMANDS = (index, search, evaluate, info, serve, train, bench, check, rerank)
-
-
-def default_data_dir() -> Path:
-    """Where the index lives unless --db says otherwise: $IMGSEARCH_HOME, else the per-user data folder."""
-    env = os.environ.get("IMGSEARCH_HOME")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_data_path
-
-    return user_data_path("imgsearch", appauthor=False)
+COMMANDS = (index, search, evaluate, info, models, serve, train, bench, check, rerank)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `imgsearch` parser, with the subcommands of every module in COMMANDS."""
-    parser = argparse.ArgumentParser(prog="imgsearch", description="Offline image–text photo search.")
+    parser = argparse.ArgumentParser(
+        prog="imgsearch", description="Offline image–text photo search.",
+        epilog=f"models (--model): {spec_names(quoted=False)}; rerankers (--rerank-model): "
+               f"{reranker_spec_names(quoted=False)}. `imgsearch models` says what each is and whether it is installed.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
@@ -46,11 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if getattr(args, "db", "unset") is None:
-        args.db = str(default_data_dir())
     from retrieval.errors import ImgSearchError
+    from retrieval.settings import Settings
 
     try:
+        args.settings = Settings.from_env()  # the environment, read once for the whole command
+        if getattr(args, "db", "unset") is None:
+            args.db = str(args.settings.data_dir)
         with own_stdout():
             return int(args.func(args) or 0)
     except UsageError as e:

@@ -18,7 +18,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` command to the imgsearch parser."""
-    from benchmarks.run import BENCHES, DEFAULT_CACHE, DEFAULT_FLICKR, OPTIONAL_BENCHES
+    from benchmarks.run import BENCHES, OPTIONAL_BENCHES
 
     p = sub.add_parser("bench", help="measure indexing throughput, query latency/recall and reindex time")
     add_common_options(p, "encoder spec to benchmark (default: default)")
@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="Ray cluster for the ray bench (default: a local Ray runtime)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decode threads (default: the indexer's)")
-    p.add_argument("--flickr", type=Path, default=DEFAULT_FLICKR, help="Flickr8k folder (read only)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+    p.add_argument("--flickr", type=Path, default=None, help="Flickr8k folder (read only)")
+    p.add_argument("--cache-dir", type=Path, default=None,
                    help="where generated photos and built indexes are kept between runs")
     p.set_defaults(func=cmd_bench)
 
@@ -53,8 +53,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.run import BENCHES, OPTIONAL_BENCHES, BenchConfig, run, table
 
     cfg = BenchConfig(model=args.model or "default", device=args.device, dim=args.dim, data=args.data,
-                      batch_size=args.batch_size, workers=args.workers, flickr_dir=args.flickr,
-                      cache_dir=args.cache_dir, rerank_model=args.rerank_model, rerank_k=args.rerank_k)
+                      batch_size=args.batch_size, workers=args.workers,
+                      flickr_dir=args.flickr or args.settings.flickr8k,
+                      cache_dir=args.cache_dir or args.settings.bench_cache,
+                      rerank_model=args.rerank_model, rerank_k=args.rerank_k)
     if args.quick:
         cfg.quicken()
     if args.only:

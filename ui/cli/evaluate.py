@@ -38,8 +38,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit:
         dataset = dataset.subset(args.limit)
     encoder = create_encoder(args.model or "default", device=args.device)
-    if args.no_hubness:
-        encoder.hubness = None
     reranker = None
     if args.rerank:
         from retrieval.rerank import create_reranker
@@ -49,7 +47,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         + (f", reranking the top {args.rerank_k} with {reranker.spec}" if reranker else ""))
     t0 = time.monotonic()
     result = evaluate(encoder, dataset, show_progress=not args.no_progress, reranker=reranker, rerank_k=args.rerank_k,
-                      tune_alpha=args.tune_alpha)
+                      tune_alpha=args.tune_alpha, hubness=not args.no_hubness)
     result.extra.update({"model": encoder.spec, "fingerprint": encoder.fingerprint,
                          "split": args.split, "seconds": round(time.monotonic() - t0, 1)})
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from retrieval.encoders.registry import spec_names
 from ui.cli.output import emit_json, log
 from ui.cli.parser import UsageError, add_common_options, positive_int
 
@@ -13,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``index`` command to the imgsearch parser."""
     p = sub.add_parser("index", help="index (or incrementally reindex) photo folders")
     p.add_argument("folders", nargs="+", metavar="DIR")
-    add_common_options(p, "encoder spec: default, default-fast, bridge, bridge-lite1, bridge-lite2, hf:<hub id or folder> (default: the index's, else default)")
+    add_common_options(p, f"encoder spec: {spec_names(quoted=False)} (default: the index's, else default; "
+                          "`imgsearch models` lists them)")
     p.add_argument("--rebuild", action="store_true", help="delete the index in --db and build it again")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=positive_int, default=None,

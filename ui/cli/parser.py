@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from retrieval.rerank.registry import reranker_spec_names
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
@@ -56,4 +58,4 @@ def add_rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank", action="store_true", help="rerank the top results with the cross-attention reranker")
     p.add_argument("--rerank-k", type=positive_int, default=20, metavar="N", help="how many top results to rerank (default 20)")
     p.add_argument("--rerank-model", default="default", metavar="SPEC",
-                   help="reranker spec: default, fusion:<folder>, hf-blip:<hub id or folder> (default: default)")
+                   help=f"reranker spec: {reranker_spec_names(quoted=False)} (default: default)")

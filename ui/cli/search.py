@@ -33,15 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    """A Searcher over --db with the encoder (and reranker, with --rerank) the options ask for."""
-    from retrieval.search import open_searcher
+    """The library in --db with the encoder (and reranker, with --rerank) and search options asked for."""
+    from retrieval.library import open_library
 
     rerank = getattr(args, "rerank", False)
-    searcher = open_searcher(args.db, model=args.model, device=args.device,
-                             reranker=args.rerank_model if rerank else None, rerank_k=getattr(args, "rerank_k", 20))
-    if getattr(args, "no_hubness", False):
-        searcher.encoder.hubness = None
-    return searcher
+    return open_library(args.db, model=args.model, device=args.device,
+                        reranker=args.rerank_model if rerank else None, rerank_k=getattr(args, "rerank_k", 20),
+                        hubness=not getattr(args, "no_hubness", False))
 
 
 def _print_hits(hits: Sequence[Any], args: argparse.Namespace, empty: str) -> int:
@@ -68,23 +66,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError("give either a text query or --image FILE")
     if args.image is not None and args.rerank:
         raise UsageError("--rerank applies to text queries (and to `imgsearch captions`), not to --image searches")
-    searcher = _open(args)
-    try:
+    with _open(args) as library:
+        searcher = library.searcher
         if args.image is not None:
             hits = searcher.search_image(existing_file(args.image), k=args.k, min_score=args.min_score)
         else:
             hits = searcher.search_text(args.query, k=args.k, min_score=args.min_score, rerank=args.rerank)
-    finally:
-        searcher.store.close()
     return _print_hits(hits, args, "no matching photos")
 
 
 def cmd_captions(args: argparse.Namespace) -> int:
     """The indexed captions that best describe a photo."""
-    searcher = _open(args)
-    try:
-        hits = searcher.captions_for_image(existing_file(args.image), k=args.k, min_score=args.min_score,
-                                           rerank=args.rerank)
-    finally:
-        searcher.store.close()
+    with _open(args) as library:
+        hits = library.searcher.captions_for_image(existing_file(args.image), k=args.k, min_score=args.min_score,
+                                                   rerank=args.rerank)
     return _print_hits(hits, args, "no matching captions")

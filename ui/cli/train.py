@@ -101,7 +101,6 @@ def cmd_fit_hubness(args: argparse.Namespace) -> int:
                                     else args.flip_average == "on")
         log(f"{encoder.folder}: blend {config.blend}, flip averaging {'on' if config.flip_average else 'off'}")
         encoder = TrainedEncoder(encoder.folder, spec=encoder.spec, base=encoder.base)  # the towers are reused
-    encoder.hubness = None  # fit against plain cosine, whatever the folder holds now
     train_set = load_dataset(args.dataset, split=args.train_split)
     dev_set = load_dataset(args.dataset, split=args.dev_split)
     log(f"fitting a hubness correction for {encoder.spec}: banks of {args.bank} {args.train_split} captions and photos, "

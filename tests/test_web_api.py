@@ -27,7 +27,7 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-import ui.web  # noqa: E402
+import ui.web.state  # noqa: E402
 from indexer.sync import Indexer  # noqa: E402
 from retrieval.encoders import create_encoder  # noqa: E402
 from retrieval.images import load_image  # noqa: E402
@@ -322,10 +322,12 @@ def test_reranker_reaches_lazily_opened_and_reindexed_searchers(tmp_path, photo_
     store.close()
     reranker = FakeReranker()
 
-    def open_searcher(data_dir, model=None, device=None):
-        return Searcher(fake_encoder, Store(data_dir, create=False))
+    real_open_library = ui.web.state.open_library
 
-    monkeypatch.setattr(ui.web, "open_searcher", open_searcher)
+    def open_library(data_dir, model=None, device=None, encoder=None):
+        return real_open_library(data_dir, encoder=encoder or fake_encoder)
+
+    monkeypatch.setattr(ui.web.state, "open_library", open_library)
     lazy = AppState(tmp_path / "data", reranker=reranker, rerank_k=3)
     try:
         plain = lazy.search("anything", k=3)
@@ -336,7 +338,7 @@ def test_reranker_reaches_lazily_opened_and_reindexed_searchers(tmp_path, photo_
     finally:
         lazy.close()
 
-    monkeypatch.setattr(ui.web, "create_encoder", lambda spec, device=None: fake_encoder)
+    monkeypatch.setattr(ui.web.state, "create_encoder", lambda spec, device=None: fake_encoder)
     reindexed = AppState(tmp_path / "data", reranker=reranker, rerank_k=3)
     try:
         assert reindexed.start_reindex() and reindexed.wait_reindex(timeout=60)

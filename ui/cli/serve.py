@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from retrieval.rerank.registry import reranker_spec_names
+from retrieval.settings import AUTH_ENV
 from ui.cli.output import log, out
 from ui.cli.parser import UsageError, add_common_options, positive_int
 
-AUTH_ENV = "IMGSEARCH_AUTH"
+if TYPE_CHECKING:
+    from retrieval.library import Library
+
 NO_RERANKER = "none"
 
 
@@ -32,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload", default="25mb", metavar="SIZE", help="largest accepted upload (default 25mb)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while indexing DIR")
     p.add_argument("--rerank-model", default="default", metavar="SPEC",
-                   help="reranker behind the Rerank switches: default (the bundled one, when installed), "
-                        "fusion:<folder>, hf-blip:<hub id or folder>, or none (default: default)")
+                   help=f"reranker behind the Rerank switches: {reranker_spec_names(quoted=False)}, "
+                        "or none (default: default, the bundled one, when installed)")
     p.add_argument("--rerank-k", type=positive_int, default=20, metavar="N",
                    help="how many top results the Rerank switches reorder (default 20)")
     p.set_defaults(func=cmd_serve)
@@ -49,39 +53,34 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def _index_first(args: argparse.Namespace) -> Any:
-    """Index DIR into --db and return a Searcher sharing the loaded encoder (None without DIR)."""
+def _index_first(args: argparse.Namespace) -> Library:
+    """Index DIR into --db and return the Library it opened (the web app and the reranker share its encoder)."""
     from indexer.sync import Indexer
-    from retrieval.encoders import create_encoder
-    from retrieval.search import Searcher
-    from retrieval.store import Store
+    from retrieval.library import open_library
 
-    store = Store(args.db)
+    library = open_library(args.db, model=args.model, device=args.device, create=True)
     try:
-        spec = args.model or (store.encoder_info.spec if store.encoder_info else "default")
-        encoder = create_encoder(spec, device=args.device)
-        store.check_encoder(encoder.fingerprint, encoder.spec)
-        report = Indexer(encoder, store, show_progress=not args.no_progress).sync(args.folder)
+        report = Indexer(library.encoder, library.store, show_progress=not args.no_progress).sync(args.folder)
         log(report.summary())
         for path, reason in report.skipped[:10]:
             log(f"  skipped {path}: {reason}")
-        return Searcher(encoder, store)
+        return library
     except BaseException:
-        store.close()
+        library.close()
         raise
 
 
-def _open_existing(args: argparse.Namespace) -> Any:
-    """A Searcher over the existing index in --db (None when there is none yet), so that the
+def _open_existing(args: argparse.Namespace) -> Library | None:
+    """The Library over the existing index in --db (None when there is none yet), so that the
     reranker can share its encoder instead of loading a second copy of the towers."""
     from retrieval.errors import ImgSearchError
-    from retrieval.search import open_searcher
+    from retrieval.library import open_library
     from retrieval.store import DB_FILE
 
     if not os.path.exists(os.path.join(args.db, DB_FILE)):
         return None
     try:
-        return open_searcher(args.db, model=args.model, device=args.device)
+        return open_library(args.db, model=args.model, device=args.device)
     except ImgSearchError:  # empty or unusable: the pages say why, as they do without a reranker
         return None
 
@@ -114,24 +113,24 @@ def load_reranker(spec: str | None, encoder: Any = None, device: str | None = No
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the web UI on --host:--port and block until it is stopped."""
-    auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
+    auth = parse_auth(args.auth if args.auth is not None else args.settings.auth)
     if not (0 < args.port < 65536):
         raise UsageError(f"--port must be 1-65535, not {args.port}")
 
     from ui.web import AppState, build_app, launch
 
     spec = (args.rerank_model or "").strip()
-    searcher = _index_first(args) if args.folder else None
-    if searcher is None and spec.lower() not in ("", NO_RERANKER) and not _bundled_reranker_missing(spec):
-        searcher = _open_existing(args)  # open now, so that the reranker shares its encoder
+    library = _index_first(args) if args.folder else None
+    if library is None and spec.lower() not in ("", NO_RERANKER) and not _bundled_reranker_missing(spec):
+        library = _open_existing(args)  # open now, so that the reranker shares its encoder
     try:
-        reranker = load_reranker(spec, encoder=searcher.encoder if searcher else None, device=args.device)
+        reranker = load_reranker(spec, encoder=library.encoder if library else None, device=args.device)
     except BaseException:
-        if searcher is not None:
-            searcher.store.close()
+        if library is not None:
+            library.close()
         raise
-    state = AppState(args.db, model=args.model, device=args.device, searcher=searcher, reranker=reranker,
-                     rerank_k=args.rerank_k)
+    state = AppState(args.db, model=args.model, device=args.device,
+                     searcher=library.searcher if library else None, reranker=reranker, rerank_k=args.rerank_k)
     demo = build_app(state)
     state.warm_up()
     try:

@@ -1,0 +1,147 @@
+"""How the pages show things: escaped text, status lines, gallery items, and photo and library facts.
+
+Plain functions from the library's facts (and ``AppState`` results) to Markdown, HTML and data, so
+that what a page shows is decided here and the pages only wire components to them.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from .state import ReindexStatus, Result
+
+if TYPE_CHECKING:
+    from .state import AppState
+
+CAPTION_HEADERS = ["Score", "Caption", "Photo"]
+RERANK_INFO_OFF = "install a reranker to enable"
+RERANK_INFO_ON = "reorder the top results with the reranker"
+RERANK_CAPTIONS_INFO_ON = "reorder the best captions with the reranker"
+
+
+def esc(text: object) -> str:
+    """Text safe inside HTML (quotes left as they are)."""
+    return html.escape(str(text), quote=False)
+
+
+def md_esc(text: object) -> str:
+    """Text safe inside Markdown: HTML-escaped, and Markdown punctuation backslashed."""
+    out = esc(text)
+    for ch in "\\`*_[]#|<>":
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def human_size(n: int | None) -> str:
+    """A byte count as people read it ("12.3 MB"); "?" when unknown."""
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} bytes"
+
+
+def when(ts: float | None) -> str:
+    """A timestamp as local date and minute; "never" for none."""
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "never"
+
+
+def msg(kind: str, text: str) -> str:
+    """A status line; the kind only picks the CSS class (headless browsers often lack emoji fonts)."""
+    return f'<div class="msg msg-{kind}">{esc(text)}</div>\n'
+
+
+def gallery(state: AppState, results: list[Result]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Gallery items (thumbnail, label) and the photo path of each, in the same order."""
+    items, paths = [], []
+    for r in results:
+        thumb = state.thumbnail(r)
+        if thumb is None:
+            continue  # unreadable since it was indexed (deleted or replaced): nothing to show
+        label = f"{r.hit.score:.2f} · "
+        if r.hit.match is not None:  # reranked: the reranker's match probability
+            label += f"match {r.hit.match:.2f} · "
+        label += r.name
+        if r.caption:
+            label += f" — {r.caption}"
+        items.append((thumb, label))
+        paths.append(r.hit.path)
+    return items, paths
+
+
+def details_md(r: Result) -> str:
+    """The detail view of one photo: its file facts and captions, as Markdown."""
+    row = r.row
+    lines = [f"### {md_esc(r.name)}", ""]
+    if row is not None:
+        dims = f"{row.width} × {row.height}" if row.width and row.height else "?"
+        taken = row.taken_at.strftime("%Y-%m-%d %H:%M") if row.taken_at else "unknown"
+        lines += [
+            f"**Path** `{row.path}`  ",
+            f"**Size** {human_size(row.size)} · **Dimensions** {dims} px · **Format** {md_esc(row.format or '?')}  ",
+            f"**Taken** {taken}",
+        ]
+    else:
+        lines.append(f"**Path** `{r.hit.path}`")
+    lines += ["", "#### Captions"]
+    if r.captions:
+        lines += [f"- {md_esc(c.text)} <small>({md_esc(c.source)})</small>" for c in r.captions]
+    else:
+        lines.append("_No captions: add a `<photo>.txt` beside it or a `captions.jsonl`, then reindex._")
+    return "\n".join(lines)
+
+
+def details_dict(r: Result) -> dict:
+    """The facts and captions of one photo, as data for API clients."""
+    row = r.row
+    return {  # no "path" key: gradio_client would take the dict for a file and download it
+        "photo": r.hit.path,
+        "name": r.name,
+        "size": row.size if row else None,
+        "width": row.width if row else None,
+        "height": row.height if row else None,
+        "format": row.format if row else None,
+        "taken_at": row.taken_at.isoformat() if row and row.taken_at else None,
+        "captions": [{"text": c.text, "source": c.source} for c in r.captions],
+    }
+
+
+def library_md(lib: dict, status: ReindexStatus) -> str:
+    """The Library page summary: counts, encoder, last index time and index folder."""
+    enc = lib["encoder"]
+    enc_line = f"`{enc['spec']}` ({enc['fingerprint']}, {enc['dim']}-d)" if enc else "none yet"
+    lines = [
+        f"**{lib['images']}** photos · **{lib['captions']}** captions · **{len(lib['skipped'])}** skipped files  ",
+        f"**Encoder** {enc_line}  ",
+        f"**Last indexed** {when(lib['last_indexed'])}  ",
+        f"**Index folder** `{lib['data_dir']}`",
+    ]
+    if not lib["folders"]:
+        lines += ["", msg("info", "Nothing is indexed yet: start the server with “imgsearch serve DIR” "
+                                   "or run “imgsearch index DIR”.")]
+    return "\n".join(lines)
+
+
+def status_md(status: ReindexStatus) -> str:
+    """Where the background reindex stands, or how it ended; empty before the first one."""
+    if status.running:
+        where = f" {status.folder}" if status.folder else ""
+        count = f" — {status.done}/{status.total} new or changed files" if status.total else ""
+        return msg("info", f"Reindexing{where}{count}… searching keeps working meanwhile.")
+    if status.finished_at is None:
+        return ""
+    lines = []
+    if status.errors:
+        lines.append(msg("error", f"Reindex finished {when(status.finished_at)} with "
+                                  f"{len(status.errors)} error(s):"))
+        lines += [f"- {md_esc(e)}" for e in status.errors]
+    else:
+        lines.append(msg("ok", f"Reindex finished {when(status.finished_at)} "
+                               f"in {status.finished_at - (status.started_at or status.finished_at):.1f}s."))
+    lines += [f"- {md_esc(s)}" for s in status.summaries]
+    return "\n".join(lines)

@@ -1,0 +1,362 @@
+"""What the web pages call: ``AppState`` over one data folder, and the search results it returns.
+
+``AppState`` holds what the pages need (a searcher, opened lazily through ``open_library``; a
+thumbnail cache; the background reindex job) and talks to the library only through Library,
+Searcher, Store and Indexer. It raises the library's errors; the pages turn them into messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from indexer.sync import Indexer
+from retrieval.encoders import create_encoder
+from retrieval.errors import EmptyIndexError, ImgSearchError, StoreError
+from retrieval.images import load_image
+from retrieval.library import open_library
+from retrieval.rerank import DEFAULT_RERANK_K
+from retrieval.search import Hit, Searcher
+from retrieval.store import DB_FILE, CaptionRow, ImageRow, Store
+
+from .thumbs import ThumbnailCache
+
+if TYPE_CHECKING:
+    import gradio as gr
+    from PIL import Image
+
+    from retrieval.rerank import Reranker
+
+log = logging.getLogger("imgsearch.web")
+
+DEFAULT_K = 12
+CAPTIONS_K = 5
+# Text searches and photo queries share one FIFO queue (concurrency id "query") with this many
+# running at once: on 2 cores more only adds GIL contention, and one queue keeps the waits of
+# the two kinds equal (measured with benchmarks/load_test.py; see README, Performance).
+QUERY_CONCURRENCY = 4
+
+
+@dataclass
+class Result:
+    """A hit with the stored facts the gallery and the detail view show."""
+
+    hit: Hit
+    row: ImageRow | None
+    captions: list[CaptionRow] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The photo's file name."""
+        return os.path.basename(self.hit.path)
+
+    @property
+    def caption(self) -> str | None:
+        """The caption that matched, else the photo's first caption."""
+        if self.hit.caption:
+            return self.hit.caption
+        return self.captions[0].text if self.captions else None
+
+
+@dataclass
+class ReindexStatus:
+    """Where the background reindex stands (read by the Library page while it runs)."""
+
+    running: bool = False
+    folder: str = ""
+    done: int = 0
+    total: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    summaries: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class _SerialTextEncoder:
+    """The searcher's encoder with text encoding serialised: fast tokenizers refuse concurrent use
+    ("Already borrowed"), and the reindex thread shares the encoder with the search requests."""
+
+    def __init__(self, encoder, lock: threading.Lock | None = None) -> None:
+        self._encoder = encoder
+        self._text_lock = lock or threading.Lock()
+
+    def encode_texts(self, texts):
+        with self._text_lock:
+            return self._encoder.encode_texts(texts)
+
+    def __getattr__(self, name: str):
+        return getattr(self._encoder, name)
+
+
+class _SerialReranker:
+    """The reranker with its text side serialised under the encoder's text lock: the bundled
+    reranker tokenizes with the search encoder's own tokenizer (it shares the towers)."""
+
+    def __init__(self, reranker, lock: threading.Lock) -> None:
+        self._reranker = reranker
+        self._text_lock = lock
+
+    def itm_scores(self, texts, regions):
+        with self._text_lock:
+            return self._reranker.itm_scores(texts, regions)
+
+    def __getattr__(self, name: str):
+        return getattr(self._reranker, name)
+
+
+class AppState:
+    """The web app's view of one data folder: search, photo facts, library facts, and reindexing.
+
+    ``reranker`` (loaded by the caller, e.g. ``retrieval.rerank.create_reranker`` with the search
+    encoder so the towers are shared) goes to every Searcher this state opens; searches asked to
+    rerank reorder their top ``rerank_k`` with it. Without one (and without one on ``searcher``)
+    the Rerank switches stay off.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, *, model: str | None = None, device: str | None = None,
+                 searcher: Searcher | None = None, reranker: Reranker | None = None,
+                 rerank_k: int = DEFAULT_RERANK_K, thumbs_dir: str | os.PathLike | None = None) -> None:
+        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.model = model
+        self.device = device
+        if reranker is None and searcher is not None:
+            reranker = searcher.reranker
+        if isinstance(reranker, _SerialReranker):
+            reranker = reranker._reranker
+        self.reranker = reranker
+        self.rerank_k = int(rerank_k)
+        self.thumbs = ThumbnailCache(thumbs_dir or self.data_dir / "thumbs")
+        self.status = ReindexStatus()
+        self._lock = threading.RLock()
+        self._text_lock = threading.Lock()  # the encoder's tokenizer, shared with the reranker
+        self._reranker = _SerialReranker(reranker, self._text_lock) if reranker is not None else None
+        self._searcher = self._wrap(searcher) if searcher is not None else None
+        self._info_store: Store | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def has_reranker(self) -> bool:
+        """Whether searches can be reranked (the pages enable their Rerank switches then)."""
+        return self.reranker is not None
+
+    def _wrap(self, searcher: Searcher) -> Searcher:
+        """``searcher`` around the serialised encoder, with this state's reranker."""
+        encoder = searcher.encoder
+        if isinstance(encoder, _SerialTextEncoder):
+            encoder = encoder._encoder
+        return Searcher(_SerialTextEncoder(encoder, self._text_lock), searcher.store,  # type: ignore[arg-type]
+                        reranker=self._reranker, rerank_k=self.rerank_k)
+
+    # -- library objects --------------------------------------------------------------------
+
+    def searcher(self) -> Searcher:
+        """The searcher, opened on first use; raises EmptyIndexError/StoreError while there is no index."""
+        with self._lock:
+            if self._searcher is None:
+                if not (self.data_dir / DB_FILE).exists():
+                    raise EmptyIndexError(f"there is no index in {self.data_dir} yet")
+                self._searcher = self._wrap(open_library(self.data_dir, model=self.model, device=self.device).searcher)
+            return self._searcher
+
+    def _adopt(self, encoder) -> None:
+        """After a reindex that loaded its own encoder: open the searcher around it (with the
+        reranker, like any searcher this state opens) rather than load the model again later."""
+        with self._lock:
+            if self._searcher is not None:
+                return
+            try:
+                library = open_library(self.data_dir, encoder=encoder)
+            except EmptyIndexError:  # nothing was indexed: open lazily later, as before the reindex
+                return
+            self._searcher = self._wrap(library.searcher)
+
+    def store(self) -> Store | None:
+        """The store to read library facts from, or None while no index exists."""
+        with self._lock:
+            if self._searcher is not None:
+                return self._searcher.store
+            if self._info_store is None:
+                try:
+                    self._info_store = Store(self.data_dir, create=False)
+                except StoreError:
+                    return None
+            return self._info_store
+
+    def warm_up(self) -> None:
+        """Run the encoder once on a text and a blank photo, so the first visitor does not wait for
+        lazily built inference graphs; nothing when no index is open yet."""
+        with self._lock:
+            searcher = self._searcher
+        if searcher is None:
+            return
+        from PIL import Image
+
+        searcher.encoder.encode_texts(["a photo"])
+        searcher.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
+
+    def close(self) -> None:
+        """Close the stores this state opened."""
+        with self._lock:
+            if self._searcher is not None:
+                self._searcher.store.close()
+            if self._info_store is not None:
+                self._info_store.close()
+
+    # -- searching --------------------------------------------------------------------------
+
+    def search(self, query: str, k: int = DEFAULT_K, min_score: float | None = None,
+               rerank: bool = False) -> list[Result]:
+        """Photos for a text query; with ``rerank`` (and a reranker) the top ``rerank_k`` reordered."""
+        searcher = self.searcher()
+        hits = searcher.search_text(query, k=k, min_score=min_score, rerank=bool(rerank) and self.has_reranker)
+        return self._results(hits)
+
+    def photo_matches(self, image: Any, k_captions: int = CAPTIONS_K, k_photos: int = DEFAULT_K,
+                      rerank: bool = False) -> tuple[list[Result], list[Result]]:
+        """Best captions and most similar photos for one query photo, embedding it once.
+
+        With ``rerank`` (and a reranker) the best ``rerank_k`` captions are reordered by it.
+        """
+        searcher = self.searcher()
+        rerank = bool(rerank) and self.has_reranker
+        picture = searcher.load_query_image(image)
+        vector, regions = searcher.embed_picture(picture, with_regions=rerank)
+        try:
+            hits = searcher.captions_near(vector, k=max(k_captions, self.rerank_k) if rerank else k_captions)
+        except EmptyIndexError:  # photos but no captions: still show the similar photos
+            hits = []
+        if rerank and hits:
+            hits = searcher.rerank_top_captions(picture, hits, regions)
+        return self._results(hits[:k_captions]), self._results(searcher.images_near(vector, k=k_photos))
+
+    def load_query_image(self, path: str) -> Image.Image:
+        """An uploaded file decoded once (ImageLoadError with a reason when it is not a readable image)."""
+        size = self.searcher().encoder.image_size
+        return load_image(path, target_size=size).convert("RGB")
+
+    def _results(self, hits: list[Hit]) -> list[Result]:
+        store = self.searcher().store
+        ids = {h.image_id for h in hits}
+        rows = store.images(ids)
+        caps = store.captions_of(ids)
+        return [Result(h, rows.get(h.image_id), caps.get(h.image_id, [])) for h in hits]
+
+    def photo(self, path: str) -> Result | None:
+        """An indexed photo by its absolute path (None for anything not in the index)."""
+        store = self.store()
+        if store is None:
+            return None
+        row = store.image_by_path(path)
+        if row is None:
+            return None
+        return Result(Hit(row.path, 1.0, row.id), row, store.captions_of([row.id])[row.id])
+
+    def thumbnail(self, r: Result) -> str | None:
+        """The cached thumbnail of a result (None when its photo cannot be read)."""
+        return self.thumbs.thumbnail(r.hit.path, r.row.hash) if r.row else None
+
+    def display_image(self, r: Result) -> str | None:
+        """What the detail view shows for a result: the photo itself, or a browser-friendly preview."""
+        return self.thumbs.display(r.hit.path, r.row.hash) if r.row else None
+
+    # -- library facts ----------------------------------------------------------------------
+
+    def library(self) -> dict:
+        """Folders, counts, skipped files, encoder and last index time (an empty shape when no index)."""
+        store = self.store()
+        if store is None:
+            return {"data_dir": str(self.data_dir), "encoder": None, "images": 0, "captions": 0,
+                    "folders": [], "skipped": [], "last_indexed": None}
+        folders = store.folders()
+        info = store.encoder_info
+        times = [f["indexed_at"] for f in folders if f.get("indexed_at")]
+        return {
+            "data_dir": str(store.data_dir),
+            "encoder": info.__dict__ if info else None,
+            "images": store.count_images(),
+            "captions": store.count_captions(),
+            "folders": folders,
+            "skipped": sorted((p, s["reason"]) for p, s in store.skipped().items()),
+            "last_indexed": max(times) if times else None,
+        }
+
+    def allowed_paths(self) -> list[str]:
+        """What the web server may serve: the indexed folders and the thumbnail cache, nothing else."""
+        store = self.store()
+        roots = [f["path"] for f in store.folders()] if store is not None else []
+        return sorted(set(roots)) + [str(self.thumbs.folder)]
+
+    def blocked_paths(self) -> list[str]:
+        """The index's own files, in case the data folder sits inside an indexed folder."""
+        names = (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", "images.faiss", "images.json",
+                 "captions.faiss", "captions.json", "indexer.lock")
+        return [str(self.data_dir / n) for n in names]
+
+    # -- reindexing -------------------------------------------------------------------------
+
+    def start_reindex(self) -> bool:
+        """Start syncing every indexed folder in a background thread; False if one is already running."""
+        with self._lock:
+            if self.status.running:
+                return False
+            self.status = ReindexStatus(running=True, started_at=time.time())
+            self._thread = threading.Thread(target=self._reindex, name="imgsearch-reindex", daemon=True)
+            self._thread.start()
+            return True
+
+    def wait_reindex(self, timeout: float | None = None) -> bool:
+        """Wait for the running reindex; True when none is running any more."""
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+        return not self.status.running
+
+    def _reindex(self) -> None:
+        status = self.status
+        store: Store | None = None
+        try:
+            store = Store(self.data_dir)
+            folders = [f["path"] for f in store.folders()]
+            if not folders:
+                status.errors.append("no folders are indexed yet: run `imgsearch index DIR` "
+                                     "or `imgsearch serve DIR` to add one")
+                return
+            with self._lock:
+                encoder = self._searcher.encoder if self._searcher is not None else None
+            if encoder is None:
+                info = store.encoder_info
+                encoder = create_encoder(self.model or (info.spec if info else "default"), device=self.device)
+            indexer = Indexer(encoder, store, show_progress=False)
+            for folder in folders:
+                status.folder, status.done, status.total = folder, 0, 0
+
+                def progress(done: int, total: int) -> None:
+                    status.done, status.total = done, total
+
+                try:
+                    report = indexer.sync(folder, progress=progress)
+                except ImgSearchError as e:
+                    status.errors.append(f"{folder}: {e}")
+                    continue
+                status.summaries.append(report.summary())
+            self._adopt(encoder)
+        except ImgSearchError as e:
+            status.errors.append(str(e))
+        except Exception as e:  # a bug: keep serving, and say what happened
+            log.exception("reindex failed")
+            status.errors.append(f"reindex failed: {type(e).__name__}: {e}")
+        finally:
+            if store is not None:
+                store.close()
+            status.finished_at = time.time()
+            status.running = False
+
+
+def allow_current_folders(demo: gr.Blocks, state: AppState) -> None:
+    """Let the server serve what ``state`` may show now: folders indexed since launch become servable."""
+    demo.allowed_paths = state.allowed_paths()

@@ -13,7 +13,7 @@ import numpy as np
 from retrieval.settings import Settings
 
 # the `imgsearch bench` option defaults, read when the parser imports this module
-BENCHES = ("model", "index224", "index12mp", "query", "reindex", "rerank")
+BENCHES = ("model", "index224", "index12mp", "query", "filter", "reindex", "rerank")
 OPTIONAL_BENCHES = ("ray",)  # run only when named in --only (starts a Ray runtime; needs imgsearch[ray])
 
 
@@ -140,6 +140,15 @@ def run(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
                 res[f"query_p50_ms_{r['index']}_{r['n']}"] = r["p50_ms"]
                 res[f"query_recall_at_10_{r['index']}_{r['n']}"] = r["recall_at_10"]
 
+    if "filter" in cfg.only:
+        from retrieval.store import IndexParams
+
+        from .filters import bench_date_filter, summary
+
+        rows = bench_date_filter(max(cfg.sizes), dim, cfg.cache_dir, params=IndexParams(), data=cfg.data, log=log)
+        res["filter_rows"] = rows
+        res.update(summary(rows))
+
     if "reindex" in cfg.only:
         from .indexing import reindex_unchanged
 
@@ -177,7 +186,7 @@ def table(res: dict) -> list[str]:
     """The human-readable summary."""
     lines = [f"{'figure':40} {'value':>12}"]
     for k, v in res.items():
-        if k == "query_rows":
+        if k in ("query_rows", "filter_rows"):
             continue
         if isinstance(v, float):
             lines.append(f"{k:40} {v:12.3f}")
@@ -193,4 +202,12 @@ def table(res: dict) -> list[str]:
                          f"{r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['recall_at_10']:6.3f} {r['open_mmap_s']:7.3f} "
                          f"{r['bytes_per_vector']:7.0f} {'default' if r.get('default') else ''}"
                          f"{' cheapest>=0.95' if r.get('chosen') else ''}")
+    rows = res.get("filter_rows") or []
+    if rows:
+        lines.append("")
+        lines.append(f"{'n':>9} {'index':6} {'filter':12} {'share':>8} {'p50 ms':>8} {'p95 ms':>8} {'R@10':>6} path")
+        for r in rows:
+            rec = "" if r["recall_at_10"] is None else f"{r['recall_at_10']:.3f}"
+            lines.append(f"{r['n']:9d} {r['index']:6} {r['filter']:12} {r['share']:8.2%} {r['p50_ms']:8.2f} "
+                         f"{r['p95_ms']:8.2f} {rec:>6} {r['path'] or ''}")
     return lines

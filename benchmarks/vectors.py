@@ -55,6 +55,11 @@ def _latencies(vi: VectorIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray
     return np.asarray(times), np.stack(found)
 
 
+def index_path(cache: Path, kind: str, data: str, n: int, dim: int, params: IndexParams) -> Path:
+    """Where a built index of ``n`` synthetic vectors is cached between runs."""
+    return cache / f"{kind}-{data}-{n}-{dim}-m{params.hnsw_m}-efc{params.ef_construction}.faiss"
+
+
 def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     hits = sum(len(set(f[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth))
     return hits / (k * len(truth))
@@ -77,7 +82,7 @@ def bench_queries(sizes: list[int], dim: int, cache: Path, *, index_types=(INDEX
         flat = VectorIndex.build(dim, ids, xb, params, kind=INDEX_FLAT)
         _, truth = flat.search(queries, k)
         for kind in index_types:
-            path = cache / f"{kind}-{data}-{n}-{dim}-m{params.hnsw_m}-efc{params.ef_construction}.faiss"
+            path = index_path(cache, kind, data, n, dim, params)
             build_s = None
             if kind == INDEX_FLAT:
                 vi = flat

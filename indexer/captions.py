@@ -1,4 +1,5 @@
-"""Caption sources beside the photos: <photo>.txt sidecars and captions.jsonl manifests."""
+"""Caption sources beside the photos: <photo>.txt sidecars, captions.jsonl manifests, and the weak captions
+made from file and folder names."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import json
 import os
 import unicodedata
 
+from retrieval.terms import name_words, weak_caption
+
 MAX_CAPTION_CHARS = 2000
+FILE_SOURCES = ("sidecar", "manifest")  # captions read from files beside the photos
+# Bump when the name rules of retrieval.terms change, so every folder's name captions are compared again.
+NAME_CAPTIONS_VERSION = "1"
 
 
 def clean_caption(text: str) -> str:
@@ -48,3 +54,15 @@ def read_manifest(path: str) -> tuple[dict[str, list[str]], list[tuple[str, str]
             texts = [c for c in (clean_caption(str(x)) for x in caps) if c]
             out.setdefault(target, []).extend(t for t in texts if t not in out.get(target, []))
     return out, errors
+
+
+def weak_captions(path: str, root: str) -> set[tuple[str, str]]:
+    """{(text, source)}: the words of a photo's file name (source "name") and of its folders below ``root``
+    (source "folder") as captions to embed; none for camera boilerplate (``IMG_1234``) or names without words."""
+    nw = name_words(path, root)
+    out = set()
+    for words, source in ((nw.name, "name"), (nw.folder, "folder")):
+        text = weak_caption(words)
+        if text:
+            out.add((text, source))
+    return out

@@ -110,7 +110,7 @@ class Shard:
     number: int  # position in this run's plan
     id: str  # digest of the files, their caption texts and the encoder
     files: tuple[FileEntry, ...]
-    captions: dict[str, list[str]]  # path -> caption texts to embed (sidecar and manifest)
+    captions: dict[str, list[str]]  # path -> caption texts to embed (sidecar, manifest, file and folder names)
 
     @property
     def name(self) -> str:
@@ -500,7 +500,7 @@ class RayIndexer:
 
     def _shards(self, plan: SyncPlan) -> list[Shard]:
         wanted = {f.path for f in plan.todo}
-        desired, _ = desired_captions(plan.scan)  # their errors are reported by the build
+        desired, _ = desired_captions(plan.scan, weak_paths=wanted)  # errors are reported by the build
         captions = {p: sorted({t for t, _ in caps}) for p, caps in desired.items() if p in wanted}
         return plan_shards(plan.todo, captions, fingerprint=self.encoder.fingerprint,
                            region_key=self.indexer.region_key, shard_size=self.shard_size)

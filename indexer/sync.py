@@ -27,8 +27,9 @@ from retrieval.encoders.base import Encoder
 from retrieval.errors import ImageLoadError, ImgSearchError
 from retrieval.images import load_image_and_info
 from retrieval.store import FileState, ImageRecord, Store
+from retrieval.terms import WEAK_CAPTION_SOURCES
 
-from .captions import read_manifest, read_sidecar
+from .captions import FILE_SOURCES, NAME_CAPTIONS_VERSION, read_manifest, read_sidecar, weak_captions
 from .scan import FileEntry, ScanResult, scan_folder
 
 ProgressFn = Callable[[int, int], None]
@@ -184,11 +185,22 @@ def load_ahead(load: Callable[[T], R], items: Iterable[T], workers: int, window:
 _END = object()
 
 
-def desired_captions(scan: ScanResult) -> tuple[dict[str, set[tuple[str, str]]], list[tuple[str, str]]]:
-    """image path -> {(text, source)} from the scan's sidecars and manifests, and the (path, reason)
-    of caption files that could not be read (or of their bad lines)."""
+def names_marker(folder_id: int) -> str:
+    """The meta key saying a root folder's name captions are in step with its photos' names (see ``apply``)."""
+    return f"name_captions:{folder_id}"
+
+
+def desired_captions(scan: ScanResult, weak_paths: Iterable[str] | None = None
+                     ) -> tuple[dict[str, set[tuple[str, str]]], list[tuple[str, str]]]:
+    """image path -> {(text, source)} from the scan's sidecars and manifests, plus the weak captions of the
+    file and folder names of ``weak_paths`` (every scanned photo when None), and the (path, reason) of caption
+    files that could not be read (or of their bad lines)."""
     desired: dict[str, set[tuple[str, str]]] = {}
     errors: list[tuple[str, str]] = []
+    for path in (f.path for f in scan.files) if weak_paths is None else weak_paths:
+        weak = weak_captions(path, scan.root)
+        if weak:
+            desired.setdefault(path, set()).update(weak)
     for manifest in scan.manifests:
         try:
             caps, bad = read_manifest(manifest)
@@ -274,10 +286,18 @@ class Indexer:
     def apply(self, plan: SyncPlan, progress: ProgressFn | None = None) -> SyncReport:
         """Store the new and changed files, sweep the gone ones, sync captions and save the indexes."""
         store, report = self.store, plan.report
+        # Name captions: when the marker says they are in step, only the new, changed and moved files need
+        # theirs compared. The marker is "pending" while a run writes, so a crash leaves it for a full compare.
+        key = names_marker(plan.folder_id)
+        in_step = store.get_meta(key) == NAME_CAPTIONS_VERSION
+        if in_step and plan.todo:
+            store.set_meta(key, "pending")
         self._process(plan.folder_id, plan.todo, plan.states, plan.missing, report, progress)
         store.forget_skips(p for p in plan.old_skips if not os.path.lexists(p))
         report.removed = store.remove_images(s.id for s in plan.missing.values())
-        self._sync_captions(plan.folder_id, plan.scan, report)
+        self._sync_captions(plan.folder_id, plan.scan, report, {f.path for f in plan.todo} if in_step else None)
+        if not in_step or plan.todo:
+            store.set_meta(key, NAME_CAPTIONS_VERSION)
         store.mark_folder_indexed(plan.folder_id)
         store.save_indexes()
         report.seconds = time.monotonic() - plan.started
@@ -385,17 +405,20 @@ class Indexer:
 
     # -- captions from sidecars and manifests -------------------------------------------------
 
-    def _sync_captions(self, folder_id: int, scan, report: SyncReport) -> None:
-        """Make stored sidecar/manifest captions equal those on disk, embedding only new texts."""
-        desired, errors = desired_captions(scan)
+    def _sync_captions(self, folder_id: int, scan, report: SyncReport, changed: set[str] | None = None) -> None:
+        """Make stored sidecar/manifest captions equal those on disk and name captions equal the photos' file
+        and folder names (only those of the ``changed`` paths, unless None), embedding only new texts."""
+        desired, errors = desired_captions(scan, weak_paths=changed)
         report.skipped.extend(errors)
-        stored = self.store.folder_captions(folder_id)
-        if not desired and not any(src != "exif" for caps in stored.values() for _, src in caps):
-            return  # no caption files, none stored: nothing to compare (a second 100k-row read saved)
+        names = changed is None or bool(changed)
+        stored = self.store.folder_captions(folder_id, FILE_SOURCES + WEAK_CAPTION_SOURCES if names else FILE_SOURCES)
+        if not desired and not stored:
+            return  # no caption files or names to caption, none stored: nothing to compare (a 100k-row read saved)
         states = self.store.file_states(folder_id)
         to_add: list[tuple[int, str, str]] = []
         for path, st in states.items():
-            have = {c for c in stored.get(st.id, set()) if c[1] != "exif"}
+            compare_names = changed is None or path in changed
+            have = {c for c in stored.get(st.id, set()) if c[1] in FILE_SOURCES or compare_names}
             want = desired.get(path, set())
             gone = have - want
             if gone:

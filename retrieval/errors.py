@@ -50,3 +50,15 @@ class DistributedIndexError(ImgSearchError):
 
 class SettingsError(ImgSearchError):
     """An ``IMGSEARCH_*`` environment variable holds a value imgsearch cannot use."""
+
+
+class UnknownFolderError(StoreError):
+    """A search filter names a folder that is not inside any indexed folder."""
+
+
+class FilterRangeError(ImgSearchError):
+    """A search filter's date range is empty: its start lies after its end."""
+
+
+class QueryError(ImgSearchError):
+    """A query that cannot be searched (empty, an option out of range, dates the wrong way round)."""

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, replace
-from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image
 
 from .encoders import Encoder
 from .encoders.hubness import CANDIDATES as HUB_CANDIDATES
-from .errors import EmptyIndexError, ImgSearchError
+from .errors import EmptyIndexError, ImgSearchError, QueryError
+from .hybrid import WEAK_SOURCES, FusionParams, Parts, fuse as fuse_parts
 from .images import load_image
 from .rerank import DEFAULT_RERANK_K, Reranker, fuse
 from .rerank.base import caption_alpha_of
-from .store import Store
+from .query import ImageInput, SearchQuery, clean_text
+from .store import CaptionRow, Store
 
-ImageInput = Union[str, "os.PathLike[str]", bytes, BinaryIO, Image.Image]
-MAX_QUERY_CHARS = 1000
+POOL = HUB_CANDIDATES  # nearest photos (and captions) a hybrid query weighs, beside its word matches
 PENALTY_CACHE_MAX = 1_000_000  # hubness penalties remembered before starting afresh
-
-
-class QueryError(ImgSearchError):
-    """A query that cannot be searched (empty, say)."""
 
 
 @dataclass(frozen=True)
@@ -37,9 +32,15 @@ class Hit:
     caption_id: int | None = None
     source: str | None = None
     match: float | None = None  # the reranker's match probability, where the hit was reranked
+    relevance: float | None = None  # calibrated: standard deviations above the query's typical nearest photo
+    matched: tuple[str, ...] | None = None  # what the hit matched on: pixels, caption, name, folder
+    taken: str | None = None  # date taken (ISO 8601), where known
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if "matched" in out:
+            out["matched"] = list(out["matched"])
+        return out
 
 
 class Searcher:
@@ -51,13 +52,15 @@ class Searcher:
     """
 
     def __init__(self, encoder: Encoder, store: Store, reranker: "Reranker | None" = None,
-                 rerank_k: int = DEFAULT_RERANK_K, *, hubness: bool = True) -> None:
+                 rerank_k: int = DEFAULT_RERANK_K, *, hubness: bool = True,
+                 fusion: FusionParams = FusionParams()) -> None:
         store.check_encoder(encoder.fingerprint, encoder.spec)
         self.encoder = encoder
         self.store = store
         self.reranker = reranker
         self.rerank_k = rerank_k
         self.hubness = getattr(encoder, "hubness", None) if hubness else None
+        self.fusion = fusion
         self._penalty_cache: dict[tuple[str, int], float] = {}
         self._penalty_gen: tuple[int, int] | None = None
 
@@ -65,7 +68,7 @@ class Searcher:
 
     def embed_text(self, query: str) -> np.ndarray:
         """A text query -> its (dim,) vector; empty queries raise QueryError."""
-        text = " ".join(str(query).split())[:MAX_QUERY_CHARS]
+        text = clean_text(query)
         if not text:
             raise QueryError("empty query: type some words to search for")
         return self.encoder.encode_texts([text])[0]
@@ -92,18 +95,203 @@ class Searcher:
         return image.convert("RGB")
 
     def search_text(self, query: str, k: int = 10, min_score: float | None = None, rerank: bool = False) -> list[Hit]:
-        """Images best matching a text query (the top ``rerank_k`` reranked when ``rerank``)."""
-        vector = self.embed_text(query)
-        if not rerank:
-            return self.images_near(vector, k, min_score, text_query=True)
-        self._need_reranker()
-        hits = self.images_near(vector, max(k, self.rerank_k), min_score, text_query=True)
-        return (self.rerank_images(" ".join(str(query).split())[:MAX_QUERY_CHARS], hits[: self.rerank_k])
-                + hits[self.rerank_k:])[:k]
+        """Photos best matching a text query, hybrid (the top ``rerank_k`` reranked when ``rerank``)."""
+        return self.search(SearchQuery(text=query, k=k, min_score=min_score, rerank=rerank))
+
+    def search(self, query: SearchQuery) -> list[Hit]:
+        """Photos for a query: text, a photo or both, steered by ``not_texts``, filtered, sorted and paged.
+
+        A text query is hybrid (pixels, captions, file and folder names) unless ``query.hybrid`` is
+        False. Filters act before top-k, so k matching photos come back when k exist.
+        """
+        q = query.check()
+        allowed = None
+        if q.has_filters:
+            allowed = self.store.filter_ids(taken_after=q.taken_after, taken_before=q.taken_before,
+                                            folders=list(q.folders))
+        if q.rerank:
+            self._need_reranker()
+        want = q.offset + q.k
+        if allowed is not None and not len(allowed):
+            self._check_not_empty()
+            return []
+        hits = self._rank(q, allowed, max(want, self.rerank_k if q.rerank else 0))
+        if q.rerank:
+            hits = self.rerank_images(q.text, hits[: self.rerank_k]) + hits[self.rerank_k:]
+        hits = [h for h in hits if (q.min_score is None or h.score >= q.min_score)
+                and (q.min_relevance is None or (h.relevance is not None and h.relevance >= q.min_relevance))]
+        page = hits[q.offset:want]
+        if q.sort == "date":  # newest first, photos without a date last, ties in relevance order
+            dated = sorted((h for h in page if h.taken is not None), key=lambda h: h.taken, reverse=True)
+            page = dated + [h for h in page if h.taken is None]
+        return page
+
+    def _check_not_empty(self) -> None:
+        if self.store.count_images() == 0:
+            raise EmptyIndexError(f"the index in {self.store.data_dir} holds no photos yet (run `imgsearch index DIR`)")
+
+    def _rank(self, q: SearchQuery, allowed: np.ndarray | None, want: int) -> list[Hit]:
+        """Every candidate photo of a checked query, best first, scored by ``hybrid.fuse``."""
+        depth = max(POOL, want)
+        tvec = self.embed_text(q.text) if q.text else None
+        ivec = self.embed_image(q.image) if q.image is not None else None
+        lead = tvec if tvec is not None else ivec
+        scores, ids = self._nearest("image", lead, depth, correct=tvec is not None, ids=allowed)
+        found = ids >= 0
+        scores, ids = scores[found], ids[found]
+        if not len(ids):
+            self._check_not_empty()
+            return []
+        center, scale = float(scores[:POOL].mean()), float(scores[:POOL].std())
+        pool = dict.fromkeys(ids.tolist())
+        pixel = dict(zip(ids.tolist(), scores.tolist()))
+        words = self._words(q.text, allowed, depth) if tvec is not None and q.hybrid else {}
+        if tvec is not None and q.hybrid:
+            pool.update(dict.fromkeys(self._caption_candidates(tvec, allowed, depth)))
+            pool.update(dict.fromkeys(words))
+        if ivec is not None and tvec is not None:
+            _, extra = self.store.search_images(ivec[None, :], depth, **({"ids": allowed} if allowed is not None else {}))
+            pool.update(dict.fromkeys(int(i) for i in extra[0] if i >= 0))
+        cand = np.fromiter(pool, np.int64, len(pool))
+        vectors = None
+        missing = [int(i) for i in cand if i not in pixel]
+        if ivec is not None and tvec is not None or q.not_texts:
+            vectors = self.store.image_vectors(cand.tolist())
+        if missing:
+            vecs = vectors[[n for n, i in enumerate(cand) if int(i) not in pixel]] if vectors is not None \
+                else self.store.image_vectors(missing)
+            pixel.update(zip(missing, self._text_pixel_scores(tvec, missing, vecs).tolist()))
+        parts = Parts(pixel=np.array([pixel[int(i)] for i in cand]), pixel_center=center, pixel_scale=scale)
+        best_caption: dict[tuple[int, bool], CaptionRow] = {}
+        captions = self._captions_of(cand) if tvec is not None and q.hybrid else None
+        if captions is not None:
+            best_caption = self._caption_parts(parts, tvec, cand, captions)
+            self._word_parts(parts, cand, words)
+        if ivec is not None and tvec is not None:
+            parts.image = vectors @ ivec
+        if q.not_texts:
+            parts.negative = self._steer_away(q.not_texts, cand, vectors, captions)
+        fusion = fuse_parts(parts, self.fusion)
+        rows = self.store.images(cand[fusion.order].tolist())
+        hits = []
+        for n in fusion.order:
+            i = int(cand[n])
+            row = rows.get(i)
+            if row is None:
+                continue
+            m = fusion.matched[n]
+            cap = best_caption.get((i, False)) if "caption" in m else None
+            if cap is None and ("name" in m or "folder" in m):
+                cap = best_caption.get((i, True))
+            hits.append(Hit(row.path, float(parts.pixel[n]), i, cap.text if cap else None,
+                            cap.id if cap else None, cap.source if cap else None,
+                            relevance=round(float(fusion.scores[n]), 4), matched=fusion.matched[n],
+                            taken=row.taken_at.isoformat() if row.taken_at else None))
+        return hits
+
+    def _text_pixel_scores(self, tvec: np.ndarray | None, ids: list[int], vectors: np.ndarray) -> np.ndarray:
+        """Pixel scores of photos found another way: cosine, less the hubness penalty for a text query."""
+        if tvec is None:
+            return np.zeros(len(ids), np.float32)
+        scores = vectors @ tvec
+        hub = self.hubness
+        if hub is not None and "image" in hub.sides:
+            scores = scores - self._penalties(hub, "image", np.asarray(ids, np.int64))
+        return scores
+
+    def _caption_candidates(self, tvec: np.ndarray, allowed: np.ndarray | None, depth: int) -> list[int]:
+        """The photos of the captions nearest a text query (within ``allowed``)."""
+        if self.store.count_captions() == 0:
+            return []
+        _, cids = self.store.search_captions(tvec[None, :], depth)
+        caps = self.store.captions(int(i) for i in cids[0] if i >= 0)
+        image_ids = [c.image_id for c in caps.values()]
+        if allowed is not None and image_ids:
+            image_ids = np.asarray(image_ids, np.int64)[np.isin(image_ids, allowed)].tolist()
+        return image_ids
+
+    def _words(self, text: str, allowed: np.ndarray | None, depth: int) -> dict:
+        """Lexical matches of a text query (image id -> TermMatch), within ``allowed``."""
+        matches = self.store.match_terms(text, limit=max(depth, POOL))
+        if allowed is not None and matches:
+            keep = set(np.asarray(list(matches), np.int64)[np.isin(list(matches), allowed)].tolist())
+            matches = {i: m for i, m in matches.items() if i in keep}
+        return matches
+
+    def _captions_of(self, cand: np.ndarray) -> tuple[list[CaptionRow], np.ndarray]:
+        """Every caption of the candidate photos, and their stored vectors."""
+        caps = self.store.captions_of(cand.tolist())
+        rows = [c for i in cand.tolist() for c in caps.get(i, [])]
+        return rows, (self.store.caption_vectors([c.id for c in rows]) if rows else np.zeros((0, 1), np.float32))
+
+    def _steer_away(self, texts: tuple[str, ...], cand: np.ndarray, vectors: np.ndarray,
+                    captions: tuple[list[CaptionRow], np.ndarray] | None) -> np.ndarray:
+        """Each candidate's fused score for the texts to steer away from (the best over them): what its
+        pixels and, in a hybrid search, its captions and names say of them."""
+        hub = self.hubness
+        penalty = self._penalties(hub, "image", cand) if hub is not None and "image" in hub.sides else 0.0
+        worst = np.full(len(cand), -np.inf)
+        for nvec in self.encoder.encode_texts(list(texts)):
+            pixel = vectors @ nvec - penalty
+            parts = Parts(pixel=pixel, pixel_center=float(pixel.mean()), pixel_scale=float(pixel.std()))
+            if captions is not None:
+                self._caption_parts(parts, nvec, cand, captions)
+            worst = np.maximum(worst, fuse_parts(parts, self.fusion).scores)
+        return worst
+
+    def _caption_parts(self, parts: Parts, tvec: np.ndarray, cand: np.ndarray,
+                       captions: tuple[list[CaptionRow], np.ndarray]) -> dict[tuple[int, bool], CaptionRow]:
+        """Fill the caption parts (best real and weak caption similarity to ``tvec``); each photo's best real
+        caption (key ``(id, False)``) and best weak one (``(id, True)``)."""
+        rows, vectors = captions
+        n = len(cand)
+        parts.caption, parts.weak = np.full(n, np.nan), np.full(n, np.nan)
+        kinds: list[str | None] = [None] * n
+        best: dict[tuple[int, bool], CaptionRow] = {}
+        if not rows:
+            return best
+        sims = vectors @ tvec
+        parts.caption_center, parts.caption_scale = self._caption_reference(tvec, sims)
+        where = {int(i): n for n, i in enumerate(cand)}
+        best_sim: dict[tuple[int, bool], float] = {}
+        for c, s in zip(rows, sims.tolist()):
+            n_ = where[c.image_id]
+            arr = parts.weak if c.source in WEAK_SOURCES else parts.caption
+            if not np.isfinite(arr[n_]) or s > arr[n_]:
+                arr[n_] = s
+                if c.source in WEAK_SOURCES:
+                    kinds[n_] = c.source
+            key = (c.image_id, c.source in WEAK_SOURCES)
+            if s > best_sim.get(key, -np.inf):
+                best_sim[key], best[key] = s, c
+        parts.weak_kind = kinds
+        return best
+
+    def _caption_reference(self, tvec: np.ndarray, sims: np.ndarray) -> tuple[float, float]:
+        """Mean and spread of the query's similarity to typical captions: to the hubness bank of caption
+        vectors where the encoder ships one, else to the candidates' own captions (``sims``)."""
+        hub = getattr(self.encoder, "hubness", None)
+        side = hub.sides.get("image") if hub is not None else None
+        ref = side.bank @ tvec if side is not None and len(side.bank) >= 2 else sims
+        if len(ref) < 2:
+            return float(ref.mean()) if len(ref) else 0.0, 1.0
+        return float(ref.mean()), float(max(ref.std(), 1e-3))
+
+    @staticmethod
+    def _word_parts(parts: Parts, cand: np.ndarray, words: dict) -> None:
+        """Fill the lexical parts from the store's term matches."""
+        n = len(cand)
+        parts.lexical, parts.all_words = np.full(n, np.nan), np.zeros(n, bool)
+        fields: list[tuple[str, ...]] = [()] * n
+        for n_, i in enumerate(cand.tolist()):
+            m = words.get(i)
+            if m is not None:
+                parts.lexical[n_], parts.all_words[n_], fields[n_] = m.score, m.all_words, tuple(m.fields)
+        parts.lexical_fields = fields
 
     def search_image(self, image: ImageInput, k: int = 10, min_score: float | None = None) -> list[Hit]:
-        """Images most similar to a query image."""
-        return self.images_near(self.embed_image(image), k, min_score)
+        """Photos most similar to a query photo."""
+        return self.search(SearchQuery(image=image, k=k, min_score=min_score))
 
     def captions_for_image(self, image: ImageInput, k: int = 5, min_score: float | None = None,
                            rerank: bool = False) -> list[Hit]:
@@ -195,7 +383,8 @@ class Searcher:
         return [Hit(rows[i].path, float(s), int(i)) for s, i in zip(scores, ids)
                 if i in rows and (min_score is None or s >= min_score)]
 
-    def _nearest(self, kind: str, vector: np.ndarray, k: int, correct: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def _nearest(self, kind: str, vector: np.ndarray, k: int, correct: bool = True,
+                 ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores and ids of the k best ``kind`` ("image" or "caption") results for one query vector.
 
         With the searcher's hubness correction for this kind, the nearest ``CANDIDATES`` (or k) by
@@ -203,8 +392,13 @@ class Searcher:
         """
         hub = self.hubness if correct else None
         corrects = hub is not None and kind in hub.sides
-        search = self.store.search_images if kind == "image" else self.store.search_captions
-        scores, ids = search(vector[None, :], max(k, HUB_CANDIDATES) if corrects else k)
+        n = max(k, HUB_CANDIDATES) if corrects else k
+        if kind == "image" and ids is not None:
+            scores, ids = self.store.search_images(vector[None, :], n, ids=ids)
+        elif kind == "image":
+            scores, ids = self.store.search_images(vector[None, :], n)
+        else:
+            scores, ids = self.store.search_captions(vector[None, :], n)
         scores, ids = scores[0], ids[0]
         if not corrects:
             return scores, ids

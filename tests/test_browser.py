@@ -61,6 +61,22 @@ def browser():
         b.close()
 
 
+TRIP = "2019 Kyoto"
+# A sub-folder of dated photos (mirrored sample photos, so no query's best match changes): newest first
+TRIP_PHOTOS = {"evening_boats.jpg": ("lake_with_boats.jpg", "2019:11:03 17:40:00"),
+               "pagoda_morning.jpg": ("chinese_pagoda_lake.jpg", "2019:11:02 08:15:00")}
+
+
+def add_trip_folder(folder: Path) -> None:
+    """TRIP_PHOTOS in ``folder``, each with an EXIF date taken."""
+    folder.mkdir(parents=True)
+    for name, (source, taken) in TRIP_PHOTOS.items():
+        with Image.open(SAMPLE / source) as im:
+            exif = Image.Exif()
+            exif[306] = taken  # DateTime
+            ImageOps.mirror(im.convert("RGB")).save(folder / name, "JPEG", exif=exif, quality=90)
+
+
 def untrained_reranker(folder: Path) -> Path:
     """A fusion reranker folder with random (seeded) weights, in the bundled format."""
     import torch
@@ -79,6 +95,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     photos, data = root / "photos", root / "data"
     shutil.copytree(SAMPLE, photos)
+    add_trip_folder(photos / TRIP)
     reranker = untrained_reranker(root / "reranker")
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
@@ -133,12 +150,22 @@ def run_query(page, text: str) -> list[str]:
     box = page.locator("#query input, #query textarea").first
     box.fill(text)
     box.press("Enter")
+    return labels_after(page, text)
+
+
+def labels_after(page, status: str) -> list[str]:
+    """Wait for the status line to include ``status``, then return the gallery's caption labels in order."""
     page.wait_for_function(
         """q => { const s = document.querySelector('#status-line');
-                  return s && s.innerText.includes(q); }""", arg=text)
+                  return s && s.innerText.includes(q); }""", arg=status)
     labels = page.locator("#results .thumbnail-item .caption-label")
     labels.first.wait_for()
     return labels.all_inner_texts()
+
+
+def names_of(labels: list[str]) -> list[str]:
+    """The photo names of gallery labels ("0.31 · [match 0.90 · ]name [badges] — caption")."""
+    return [re.sub(r" \[.*$| — .*$", "", t.split(" · ")[-1]) for t in labels]
 
 
 def test_search_page(page):
@@ -148,7 +175,7 @@ def test_search_page(page):
     assert "cat_chelsea.png" in labels[0]
     page.locator("#results .thumbnail-item").first.click()
     detail = page.locator("#detail-md")
-    detail.get_by_text("A brown striped cat looking off to the side.").wait_for()
+    detail.locator("li", has_text="A brown striped cat looking off to the side.").wait_for()
     text = detail.inner_text()
     assert "cat_chelsea.png" in text and "Dimensions" in text and "Taken" in text
     page.wait_for_function("() => { const i = document.querySelector('#detail-img img');"
@@ -169,6 +196,50 @@ def test_search_page(page):
     box.fill("")
     box.press("Enter")
     page.locator("#status-line").get_by_text("Type a few words").wait_for()
+
+
+def test_search_filters_sort_badges_and_show_more(page):
+    labels = run_query(page, "Hubble")  # a caption word: its photo first, with what it matched on
+    badge = re.search(r"hubble_deep_field\.jpg \[([a-z, ]+)\]", labels[0])
+    assert badge and {"caption", "name"} & set(badge.group(1).split(", ")), labels[0]
+    page.locator("#results .thumbnail-item").first.click()
+    detail = page.locator("#detail-md")
+    detail.get_by_text("Matched caption").wait_for()
+    assert "Relevance" in detail.inner_text() and "Hubble" in detail.inner_text()
+    page.wait_for_function("() => { const i = document.querySelector('#detail-img img');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
+    page.screenshot(path=str(ARTIFACTS / "search-badges.png"), full_page=True)
+
+    folders = page.locator("#folders input").first
+    folders.click()
+    folders.fill("Kyoto")
+    page.get_by_role("option", name=f"photos/{TRIP}").click()  # re-runs the search, in that folder
+    page.keyboard.press("Escape")
+    labels = labels_after(page, f"in {TRIP}")
+    assert sorted(names_of(labels)) == sorted(TRIP_PHOTOS), labels
+    page.locator("#sort").get_by_text("Date taken").click()  # re-runs it, newest first
+    labels = labels_after(page, "newest first")
+    assert names_of(labels) == list(TRIP_PHOTOS), labels
+
+    after = page.locator("#taken-after input").first
+    after.fill("2019-02-30")
+    after.press("Enter")
+    page.locator("#status-line").get_by_text("Taken after must be a date written YYYY-MM-DD").wait_for()
+    after.fill("2019-11-03")
+    after.press("Enter")  # and only the photos taken that day or later
+    labels = labels_after(page, f"taken on or after 2019-11-03 · in {TRIP} · newest first")
+    assert names_of(labels) == ["evening_boats.jpg"], labels
+    page.wait_for_timeout(500)  # let the thumbnail paint
+    page.screenshot(path=str(ARTIFACTS / "search-filters.png"), full_page=True)
+
+    page.reload()  # every filter back to its default
+    page.wait_for_selector("#query input, #query textarea")
+    labels = run_query(page, "a photo")  # 12 of the 24 photos, then the next 12 appended
+    assert len(labels) == 12
+    page.locator("#show-more").click()
+    labels = labels_after(page, "24 photos for")
+    assert len(labels) == 24 and len(set(names_of(labels))) == 24
+    page.screenshot(path=str(ARTIFACTS / "search-show-more.png"), full_page=True)
 
 
 def test_find_by_photo_page(page):
@@ -197,12 +268,12 @@ def test_library_reindex_then_find_new_photo(page, server):
     with Image.open(SAMPLE / "cat_chelsea.png") as im:
         ImageOps.mirror(im.convert("RGB")).save(photos / "new_tabby.jpg", quality=90)
     page.get_by_role("tab", name="Library").click()
-    page.locator("#lib-summary").get_by_text("22").first.wait_for()
+    page.locator("#lib-summary").get_by_text("24").first.wait_for()
     page.locator("#reindex-btn").click()
     page.locator("#lib-status").get_by_text("Reindex finished").wait_for(timeout=240_000)
     assert "1 added" in page.locator("#lib-status").inner_text()
     summary = page.locator("#lib-summary").inner_text()
-    assert re.search(r"\b23\s+photos", summary), summary
+    assert re.search(r"\b25\s+photos", summary), summary
     assert str(photos) in page.locator("#folders-table").inner_text()
     page.screenshot(path=str(ARTIFACTS / "library.png"), full_page=True)
 

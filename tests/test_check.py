@@ -114,11 +114,11 @@ def _faiss_from_another_index(photos, db):
 
 DRIFTS = {
     "image_without_vector": (_row_without_vector, {"image_without_vector", "faiss_ids_without_rows"}),
-    "vector_without_image": (_vector_without_row, {"vector_without_image", "faiss_ids_without_rows"}),
+    "vector_without_image": (_vector_without_row, {"vector_without_image", "faiss_ids_without_rows", "terms_orphan"}),
     "image_vector_dim": (_wrong_dim, {"image_vector_dim", "faiss_ids_without_rows"}),
     "orphan_caption": (_orphan_caption, {"orphan_caption"}),
     "caption_vector_dim": (_caption_wrong_dim, {"caption_vector_dim", "faiss_ids_without_rows"}),
-    "faiss_ids_without_rows": (_faiss_extra_id, {"faiss_ids_without_rows"}),
+    "faiss_ids_without_rows": (_faiss_extra_id, {"faiss_ids_without_rows", "terms_orphan"}),
     "faiss_stale": (_faiss_stale, {"faiss_stale"}),
     "faiss_corrupt": (_faiss_corrupt, {"faiss_corrupt"}),
     "faiss_missing": (_faiss_missing, {"faiss_missing"}),
@@ -181,7 +181,8 @@ def test_check_cli_text_json_and_exit_codes(indexed, capsys):
     assert "problem:  orphan_caption: 1 caption(s) of no image" in out and "imgsearch check --repair" in out
     assert main(["check", "--db", str(db), "--repair", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["ok"] and {i["kind"] for i in data["issues"]} == {"orphan_caption", "faiss_ids_without_rows"}
+    assert data["ok"] and {i["kind"] for i in data["issues"]} == {"orphan_caption", "faiss_ids_without_rows",
+                                                            "terms_orphan"}
     assert any("rebuilt" in r for r in data["repaired"]) and data["remaining"] == []
     assert main(["check", "--db", str(db), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["issues"] == []

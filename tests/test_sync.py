@@ -137,7 +137,7 @@ def test_captions_from_sidecar_manifest_and_their_changes(fake_encoder, photo_di
         'not json\n'
         '{"image": "sub/e.jpg", "captions": ["in a subfolder"]}\n')
     report, _ = index(fake_encoder, tmp_path / "db", photo_dir)
-    assert report.captions_added == 5
+    assert report.captions_added == 5 + 2  # sidecar and manifest, plus the folder caption "sub" of sub/e.jpg, sub/f.tiff
     assert any("captions.jsonl:2" in p for p, _ in report.skipped)
     store = Store(tmp_path / "db")
     a = store.image_by_path(str(photo_dir / "a.jpg"))

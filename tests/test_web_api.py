@@ -230,6 +230,10 @@ def test_find_by_photo(app):
     assert rows[0][0] >= rows[-1][0]
     assert len(gallery) == 6 and gallery[0]["caption"].split(" · ")[1].startswith("espresso_cup.png")
     assert "best captions" in status and "reranked" not in status
+    import json  # the captions are real ones, not the words of file names ("espresso cup")
+
+    real = {c for line in (SAMPLE / "captions.jsonl").read_text().splitlines() for c in json.loads(line)["captions"]}
+    assert len(rows) == 5 and all(r[1] in real for r in rows), rows
 
 
 def test_find_by_photo_without_the_rerank_argument(app):
@@ -359,7 +363,9 @@ def _mean_rgb(path: str, size: int) -> np.ndarray:
 
 def test_library_info(app):
     summary, status, folders, skipped = app.client.predict(api_name="/library_info")
-    assert "**22** photos" in summary and "**45** captions" in summary and "default" in summary
+    captions = app.state.store().count_captions()  # 45 in captions.jsonl, plus the weak ones made from names
+    assert captions >= 45
+    assert "**22** photos" in summary and f"**{captions}** captions" in summary and "default" in summary
     assert folders["data"][0][:2] == [str(app.photos), 22]
 
 
@@ -417,3 +423,147 @@ def test_empty_index_messages(empty_app):
     assert "**0** photos" in summary and "Nothing is indexed yet" in summary
     summary, status, _, _ = empty_app.client.predict(api_name="/reindex")
     assert "no folders are indexed yet" in status
+
+
+# -- hybrid search: filters, sort, "not", paging, badges --------------------------------------------
+
+DATED = {"2019 Kyoto/temple_gate.jpg": "2019:04:02 10:00:00", "2019 Kyoto/moss_garden.jpg": "2019:04:05 16:30:00",
+         "2021 Oslo/fjord_ferry.jpg": "2021:06:01 09:00:00", "2021 Oslo/opera_roof.jpg": "2021:06:20 21:15:00"}
+UNDATED = [f"loose/undated_{i}.png" for i in range(4)]
+
+
+def _dated_photo(path: Path, seed: int, taken: str) -> None:
+    from conftest import make_photo
+
+    make_photo(path, seed=seed)
+    with Image.open(path) as im:
+        exif = Image.Exif()
+        exif[306] = taken  # DateTime: what date_taken falls back to
+        im.convert("RGB").save(path, "JPEG", exif=exif, quality=90)
+
+
+@pytest.fixture(scope="module")
+def filter_app(tmp_path_factory):
+    """Eight made photos (four dated, in two named folders; four undated) indexed with the fake encoder."""
+    from conftest import FakeEncoder, make_photo
+
+    root = tmp_path_factory.mktemp("web-filters")
+    photos = root / "photos"
+    for n, (name, taken) in enumerate(DATED.items()):
+        _dated_photo(photos / name, n, taken)
+    for n, name in enumerate(UNDATED):
+        make_photo(photos / name, seed=10 + n)
+    store = Store(root / "data")
+    Indexer(FakeEncoder(), store, show_progress=False).sync(str(photos))
+    state = AppState(root / "data", searcher=Searcher(FakeEncoder(), store))
+    a = _serve(state, photos)
+    yield a
+    a.demo.close()
+    state.close()
+
+
+def hybrid(app: App, query: str, k: int = 10, *, taken_after: str = "", taken_before: str = "",
+           folders: list[str] | None = None, sort: str = "relevance", not_text: str = "", offset: int = 0):
+    return app.client.predict(query, k, 0.0, False, taken_after, taken_before, folders or [], sort, not_text,
+                              offset, api_name="/search")
+
+
+def rel(app: App, hit: dict) -> str:
+    return str(Path(hit["photo"]).relative_to(app.photos))
+
+
+def test_folder_filter_returns_only_that_folders_photos(filter_app):
+    gallery, status, hits = hybrid(filter_app, "old town", folders=[str(filter_app.photos / "2019 Kyoto")])
+    assert sorted(rel(filter_app, h) for h in hits) == sorted(n for n in DATED if n.startswith("2019"))
+    assert len(gallery) == 2 and "2 photos" in status and "in 2019 Kyoto" in status
+    both = [str(filter_app.photos / "2019 Kyoto"), str(filter_app.photos / "loose")]
+    _, _, hits = hybrid(filter_app, "old town", k=3, folders=both)
+    assert len(hits) == 3 and all(rel(filter_app, h).startswith(("2019 Kyoto/", "loose/")) for h in hits)
+
+
+def test_date_filter_and_date_sort(filter_app):
+    _, status, hits = hybrid(filter_app, "summer", taken_after="2021-01-01")
+    assert sorted(rel(filter_app, h) for h in hits) == sorted(n for n in DATED if n.startswith("2021"))
+    assert all(h["taken"].startswith("2021-06") for h in hits) and "taken on or after 2021-01-01" in status
+    _, _, hits = hybrid(filter_app, "summer", taken_after="2019-04-05", taken_before="2021-06-01")  # inclusive
+    assert sorted(rel(filter_app, h) for h in hits) == ["2019 Kyoto/moss_garden.jpg", "2021 Oslo/fjord_ferry.jpg"]
+    _, status, hits = hybrid(filter_app, "summer", sort="date")
+    assert [rel(filter_app, h) for h in hits[:4]] == ["2021 Oslo/opera_roof.jpg", "2021 Oslo/fjord_ferry.jpg",
+                                                       "2019 Kyoto/moss_garden.jpg", "2019 Kyoto/temple_gate.jpg"]
+    assert len(hits) == 8 and all(h["taken"] is None for h in hits[4:]) and "newest first" in status
+
+
+def test_offset_pages_past_the_first_k(filter_app):
+    _, _, whole_list = hybrid(filter_app, "anything", k=6)
+    _, _, first = hybrid(filter_app, "anything", k=3)
+    _, status, second = hybrid(filter_app, "anything", k=3, offset=3)
+    assert [h["photo"] for h in first + second] == [h["photo"] for h in whole_list]
+    _, _, beyond = hybrid(filter_app, "anything", k=3, offset=8)
+    assert beyond == []
+
+
+def test_old_clients_get_unfiltered_results(filter_app):
+    _, status, hits = search(filter_app, "anything", k=8)  # the four parameters of before
+    assert len(hits) == 8 and "·" not in status
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"taken_after": "2019-13-01"}, "Taken after must be a date written YYYY-MM-DD, not '2019-13-01'"),
+    ({"taken_before": "last week"}, "Taken before must be a date written YYYY-MM-DD"),
+    ({"taken_after": "2021-01-01", "taken_before": "2020-01-01"}, "is later than"),
+    ({"folders": ["/etc"]}, "/etc"),
+    ({"k": 0}, "from 1 to 100, not 0"),
+    ({"k": 101}, "from 1 to 100, not 101"),
+    ({"offset": -1}, "offset must be from 0"),
+    ({"offset": 5000}, "offset must be from 0"),
+    ({"sort": "sideways"}, "sort must be one of relevance, date"),
+    ({"not_text": ",".join(f"thing{i}" for i in range(9))}, "at most 8"),
+])
+def test_bad_filters_are_one_line_messages(filter_app, kwargs, message):
+    gallery, status, hits = hybrid(filter_app, "anything", **kwargs)
+    assert gallery == [] and not hits
+    assert 'class="msg msg-info"' in status and message.lower() in status.lower(), status
+    assert "\n" not in status.strip() and "Traceback" not in status
+
+
+def test_folder_choices_list_roots_and_photo_folders(filter_app):
+    photos = str(filter_app.photos)
+    choices = filter_app.state.folder_choices()
+    assert choices[0] == (photos, photos)
+    assert {label: value for label, value in choices[1:]} == {
+        "photos/2019 Kyoto": photos + "/2019 Kyoto", "photos/2021 Oslo": photos + "/2021 Oslo",
+        "photos/loose": photos + "/loose"}
+    folders = next(b for b in filter_app.demo.blocks.values() if isinstance(b, gr.Dropdown))
+    assert folders.multiselect and folders.label == "Folders"
+
+
+def test_caption_word_puts_its_photo_first_with_a_badge(app):
+    gallery, _, hits = hybrid(app, "Hubble", k=5)
+    assert hits[0]["name"] == "hubble_deep_field.jpg"
+    assert {"caption", "name"} & set(hits[0]["matched"]) and hits[0]["relevance"] is not None
+    assert "hubble" in hits[0]["matched_caption"].lower()
+    badge = re.search(r"hubble_deep_field\.jpg \[([a-z, ]+)\]", gallery[0]["caption"])
+    assert badge and set(badge.group(1).split(", ")) == set(hits[0]["matched"])
+
+
+def test_not_text_steers_away_from_a_concept(app):
+    names = lambda hits: [h["name"] for h in hits]  # noqa: E731
+    _, _, plain = hybrid(app, "an animal", k=22)
+    _, status, steered = hybrid(app, "an animal", k=22, not_text="a cat")
+    assert "not “a cat”" in status and len(steered) == 22
+    assert names(plain).index("cat_chelsea.png") <= 2 and names(steered).index("cat_chelsea.png") > 4
+    _, status, _ = hybrid(app, "an animal", k=3, not_text="a cat, a dog")
+    assert "not “a cat”, “a dog”" in status
+
+
+def test_find_by_photo_and_text(app):
+    def rank(gallery, name):
+        found = [n for n, g in enumerate(gallery) if g["caption"].split(" · ")[1].startswith(name)]
+        return found[0] if found else len(gallery)
+
+    _, _, plain = find_by_photo(app, SAMPLE / "espresso_cup.png", k=8)
+    status, table, both = app.client.predict(handle_file(str(SAMPLE / "espresso_cup.png")), 8, False, "a cat",
+                                             api_name="/find_by_photo")
+    assert "photos like this one and “a cat”" in status and len(both) == 8
+    assert table["data"][0][2] == "espresso_cup.png"  # the captions stay the photo's own
+    assert rank(both, "cat_chelsea.png") < rank(plain, "cat_chelsea.png")

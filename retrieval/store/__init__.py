@@ -8,7 +8,7 @@ module imports ``faiss``.
 """
 
 from .check import CheckIssue, CheckReport
-from .records import CaptionRow, EncoderInfo, FileState, ImageRecord, ImageRow
+from .records import CaptionRow, EncoderInfo, FileState, ImageRecord, ImageRow, TermMatch
 from .schema import DB_FILE, LOCK_FILE, SCHEMA_VERSION
 from .store import Store, destroy_store
 from .vectors import DEFAULT_INDEX_PARAMS, INDEX_FLAT, INDEX_HNSW, INDEX_IVF, INDEX_KINDS, IndexParams, VectorIndex
@@ -16,5 +16,5 @@ from .vectors import DEFAULT_INDEX_PARAMS, INDEX_FLAT, INDEX_HNSW, INDEX_IVF, IN
 __all__ = [
     "CaptionRow", "CheckIssue", "CheckReport", "DB_FILE", "DEFAULT_INDEX_PARAMS", "EncoderInfo", "FileState",
     "INDEX_FLAT", "INDEX_HNSW", "INDEX_IVF", "INDEX_KINDS", "ImageRecord", "ImageRow", "IndexParams", "LOCK_FILE",
-    "SCHEMA_VERSION", "Store", "VectorIndex", "destroy_store",
+    "SCHEMA_VERSION", "Store", "TermMatch", "VectorIndex", "destroy_store",
 ]

@@ -1,7 +1,8 @@
 """SQLite reads and writes of a store's rows: folders, images and their vectors, captions, skipped files.
 
 Every write goes through a tracked transaction of the ``Database`` and records the vectors it adds
-or removes, so the loaded FAISS indexes follow incrementally.
+or removes, so the loaded FAISS indexes follow incrementally. Every write that changes an image's path or
+captions rewrites its lexical-index row (``terms_index``) in the same transaction.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from typing import Iterable, Sequence
 import numpy as np
 import sqlalchemy as sa
 
+from ..terms import WEAK_CAPTION_SOURCES
 from .database import Database
 from .records import CaptionRow, FileState, ImageRecord, ImageRow
 from .regions import check_region_shape, insert_regions, quantise_regions
 from .schema import (REGION_KEY_META, SQL_CHUNK, captions_table, folders_table, image_vectors_table, images_table,
                      meta_table, regions_table, skipped_table)
+from .terms_index import clear_rows, delete_rows, refresh_rows
+
+KEPT_META = ("schema_version", "generation")  # meta keys a clear keeps (it drops bindings and sync markers)
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -31,12 +36,14 @@ class Catalog:
         self.db = db
 
     def clear(self) -> None:
-        """Delete every row and the encoder and region bindings, in one untracked transaction."""
+        """Delete every row, its lexical-index row, the encoder and region bindings and the other meta keys
+        (sync markers), in one untracked transaction."""
         with self.db.transaction() as conn:
             for table in (captions_table, regions_table, image_vectors_table, skipped_table, images_table,
                           folders_table):
                 conn.execute(sa.delete(table))
-            conn.execute(sa.delete(meta_table).where(meta_table.c.key.in_(["encoder", REGION_KEY_META])))
+            clear_rows(conn)
+            conn.execute(sa.delete(meta_table).where(meta_table.c.key.not_in(KEPT_META)))
 
     # -- folders ----------------------------------------------------------------------------
 
@@ -104,6 +111,7 @@ class Catalog:
                 ids.append(int(iid))
             if blobs is not None and ids:
                 insert_regions(conn, ids, tokens, channels, blobs)
+            refresh_rows(conn, ids)
         return ids
 
     def bulk_add_images(self, folder_id: int, records: Sequence[ImageRecord], vectors: np.ndarray) -> list[int]:
@@ -127,6 +135,7 @@ class Catalog:
                                                             for iid, vec in zip(ids, vectors)])
             for iid, vec in zip(ids, vectors):
                 self.db.record("images", add=(iid, vec))
+            refresh_rows(conn, ids)
         return ids
 
     def copy_image(self, source_id: int, folder_id: int, record: ImageRecord) -> int:
@@ -152,6 +161,7 @@ class Catalog:
                                                                   vector=cap.vector)).inserted_primary_key[0]
                 self.db.record("captions", add=(cid, np.frombuffer(cap.vector, dtype=np.float32)))
             conn.execute(sa.delete(skipped_table).where(skipped_table.c.path == record.path))
+            refresh_rows(conn, [iid])
         return iid
 
     def update_file_state(self, image_id: int, *, path: str | None = None, folder_id: int | None = None,
@@ -167,6 +177,8 @@ class Catalog:
                 self.drop_path(conn, path, keep=image_id)
                 conn.execute(sa.delete(skipped_table).where(skipped_table.c.path == path))
             conn.execute(images_table.update().where(images_table.c.id == image_id).values(**values))
+            if path is not None or folder_id is not None:
+                refresh_rows(conn, [image_id])  # a move or rename: new name and folder words
 
     def drop_path(self, conn: sa.Connection, path: str, keep: int | None = None) -> None:
         """Delete the image row at ``path`` (but not ``keep``), its vector, regions and captions, recording
@@ -184,6 +196,7 @@ class Catalog:
         conn.execute(sa.delete(regions_table).where(regions_table.c.image_id.in_(old)))
         conn.execute(sa.delete(image_vectors_table).where(image_vectors_table.c.image_id.in_(old)))
         conn.execute(sa.delete(images_table).where(images_table.c.id.in_(old)))
+        delete_rows(conn, old)
 
     def remove_images(self, ids: Iterable[int]) -> int:
         """Delete images (and their captions, regions and vectors); returns how many were removed."""
@@ -199,6 +212,7 @@ class Catalog:
                 conn.execute(sa.delete(regions_table).where(regions_table.c.image_id.in_(chunk)))
                 conn.execute(sa.delete(image_vectors_table).where(image_vectors_table.c.image_id.in_(chunk)))
                 n += conn.execute(sa.delete(images_table).where(images_table.c.id.in_(chunk))).rowcount
+                delete_rows(conn, chunk)
         return n
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
@@ -274,15 +288,20 @@ class Catalog:
                     out[r.image_id].append(CaptionRow(r.id, r.image_id, r.text, r.source))
         return out
 
-    def folder_captions(self, folder_id: int) -> dict[int, set[tuple[str, str]]]:
-        """image id -> {(text, source)} for every captioned image under one root."""
-        c = captions_table.c
-        q = (sa.select(c.image_id, c.text, c.source).join(images_table, images_table.c.id == c.image_id)
-             .where(images_table.c.folder_id == folder_id))
+    def folder_captions(self, folder_id: int, sources: Sequence[str] | None = None) -> dict[int, set[tuple[str, str]]]:
+        """image id -> {(text, source)} for every captioned image under one root (only captions of ``sources``
+        when given)."""
+        # The raw sqlite3 cursor: on large libraries SQLAlchemy's per-row objects are slow.
+        sql = ("SELECT c.image_id, c.text, c.source FROM captions c JOIN images i ON i.id = c.image_id "
+               "WHERE i.folder_id = ?")
+        params: tuple = (folder_id,)
+        if sources is not None:
+            sql += f" AND c.source IN ({','.join('?' * len(sources))})"
+            params += tuple(sources)
         out: dict[int, set[tuple[str, str]]] = {}
         with self.db.connect() as conn:
-            for r in conn.execute(q):
-                out.setdefault(r.image_id, set()).add((r.text, r.source))
+            for image_id, text, source in conn.connection.driver_connection.execute(sql, params):
+                out.setdefault(image_id, set()).add((text, source))
         return out
 
     def caption_vectors_for_texts(self, texts: Iterable[str]) -> dict[str, np.ndarray]:
@@ -308,17 +327,22 @@ class Catalog:
                 ids.append(int(conn.execute(captions_table.insert().values(
                     image_id=image_id, text=text, source=source, vector=to_blob(vec))).inserted_primary_key[0]))
                 self.db.record("captions", add=(ids[-1], vec))
+            refresh_rows(conn, {i for i, _, src in items if src not in WEAK_CAPTION_SOURCES})
         return ids
 
     def remove_captions(self, image_id: int, pairs: Iterable[tuple[str, str]]) -> int:
         """Delete this image's captions with these (text, source) pairs."""
         n = 0
         c = captions_table.c
+        lexical = False
         with self.db.tracked() as conn:
             for text, source in pairs:
                 where = (c.image_id == image_id) & (c.text == text) & (c.source == source)
                 self.db.record("captions", remove=conn.execute(sa.select(c.id).where(where)).scalars())
                 n += conn.execute(sa.delete(captions_table).where(where)).rowcount
+                lexical |= source not in WEAK_CAPTION_SOURCES
+            if lexical:
+                refresh_rows(conn, [image_id])
         return n
 
     def captions(self, ids: Iterable[int]) -> dict[int, CaptionRow]:

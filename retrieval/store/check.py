@@ -14,9 +14,11 @@ from .database import Database
 from .indexes import IndexSet
 from .lock import WriterLock
 from .schema import REGION_KEY_META, captions_table, image_vectors_table, images_table, read_meta, regions_table
+from .terms_index import delete_rows, expected_rows, terms_drift, write_rows
 from .vectors import VectorIndex
 
 REGION_ISSUES = frozenset({"orphan_region", "region_size", "region_unbound"})
+TERMS_ISSUES = frozenset({"terms_missing", "terms_stale", "terms_orphan"})  # lexical index rows: no vectors
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Checker:
             vec_len = dict(conn.execute(sa.select(iv.image_id, sa.func.length(iv.vector))).all())
             caps = {r.id: (r.image_id, r.n) for r in conn.execute(
                 sa.select(cp.id, cp.image_id, sa.func.length(cp.vector).label("n")))}
+            missing_terms, stale_terms, orphan_terms = terms_drift(conn)
         report.images, report.captions, report.regions = len(paths), len(caps), len(regions)
         nbytes = info.dim * 4 if info else None
 
@@ -109,6 +112,10 @@ class Checker:
               "region row(s) whose size does not match their shape")
         if regions and region_key is None:
             issue("region_unbound", set(regions), "region row(s) stored without a region key")
+        issue("terms_missing", missing_terms, "photo(s) missing from the lexical index")
+        issue("terms_stale", stale_terms, "lexical index row(s) whose words differ from the photo's name, folder "
+                                          "or captions")
+        issue("terms_orphan", orphan_terms, "lexical index row(s) of no photo")
         gone = [p for p in paths.values() if not os.path.lexists(p)]
         if gone:
             report.issues.append(CheckIssue("missing_file", f"{len(gone)} indexed photo(s) no longer on disk "
@@ -185,8 +192,8 @@ class Checker:
         # generation (and so the FAISS files) alone.
         with self.db.tracked() as conn:
             region_done = self.repair_regions(conn)
-        if not any(i.repairable and i.kind not in REGION_ISSUES for i in report.issues):
-            return region_done
+        if not any(i.repairable and i.kind not in REGION_ISSUES | TERMS_ISSUES for i in report.issues):
+            return region_done + (self.repair_terms() if TERMS_ISSUES & set(by_kind) else [])
         done: list[str] = []
         im, iv, cp = images_table.c, image_vectors_table.c, captions_table.c
         info = self.db.encoder_info
@@ -225,7 +232,18 @@ class Checker:
             self.indexes.reset()
             self.indexes.save_all()
             done.append("rebuilt images.faiss and captions.faiss from the stored vectors")
-        return region_done + done
+        return region_done + done + self.repair_terms()  # rows dropped above take their lexical rows along
+
+    def repair_terms(self) -> list[str]:
+        """Rewrite the lexical index rows that are missing or stale and drop orphaned ones (a tracked
+        transaction: no vectors change, so the generation stays)."""
+        with self.db.tracked() as conn:
+            missing, stale, orphan = terms_drift(conn)
+            delete_rows(conn, orphan)
+            write_rows(conn, expected_rows(conn, sorted(missing | stale)))
+        if not (missing or stale or orphan):
+            return []
+        return [f"rewrote {len(missing) + len(stale)} lexical index row(s) and dropped {len(orphan)} orphaned one(s)"]
 
     def repair_regions(self, conn: sa.Connection) -> list[str]:
         """Drop region rows of no image, of the wrong size, or stored with no region key bound."""

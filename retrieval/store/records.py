@@ -64,3 +64,12 @@ class EncoderInfo:
     spec: str
     fingerprint: str
     dim: int
+
+
+@dataclass(frozen=True)
+class TermMatch:
+    """How one photo's words (captions, file name, folder names) match a text query in the lexical index."""
+
+    score: float  # BM25, higher is better, > 0
+    fields: tuple[str, ...]  # which of "caption", "name", "folder" matched any query word
+    all_words: bool  # every content word of the query (terms.content_tokens) matched, in any column

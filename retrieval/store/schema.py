@@ -12,8 +12,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import StoreError
+from .terms_index import create_terms_table, rebuild_rows
 
-SCHEMA_VERSION = 1
+# 2: the lexical index (the FTS5 table of terms_index), created and filled in place when a version-1 index opens
+SCHEMA_VERSION = 2
 DB_FILE = "imgsearch.sqlite"
 LOCK_FILE = "indexer.lock"
 REGION_KEY_META = "region_key"
@@ -108,15 +110,34 @@ def open_engine(data_dir: Path, db_path: Path) -> sa.Engine:
     """The engine of the database at ``db_path``, its tables created and its schema version checked."""
     engine = sa.create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30})
     sa.event.listen(engine, "connect", sqlite_pragmas)
-    try:
-        metadata.create_all(engine)
-        with engine.begin() as conn:
-            version = read_meta(conn, "schema_version")
-            if version is None:
-                conn.execute(meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(version) != SCHEMA_VERSION:
-                raise StoreError(f"index at {data_dir} has schema version {version}; this imgsearch "
-                                 f"reads version {SCHEMA_VERSION}: rebuild it with `imgsearch index DIR --rebuild`")
-    except sa.exc.DatabaseError as e:
-        raise StoreError(f"cannot open index database {db_path}: {e.orig}") from e
+    for attempt in range(3):
+        try:
+            metadata.create_all(engine)
+            with engine.begin() as conn:
+                version = read_meta(conn, "schema_version")
+                if version is None:
+                    create_terms_table(conn)
+                    conn.execute(meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+                elif version == "1":
+                    migrate_v1(conn)
+                elif version != str(SCHEMA_VERSION):
+                    raise StoreError(f"index at {data_dir} has schema version {version}; this imgsearch reads "
+                                     f"version {SCHEMA_VERSION}: rebuild it with `imgsearch index DIR --rebuild`")
+                else:
+                    create_terms_table(conn)  # a no-op, unless the table was dropped: `imgsearch check` refills it
+            return engine
+        except sa.exc.OperationalError as e:
+            if "locked" not in str(e.orig) or attempt == 2:
+                raise StoreError(f"cannot open index database {db_path}: {e.orig}") from e
+            # another process migrated (or wrote) between our read and our write: look again
+        except sa.exc.DatabaseError as e:
+            raise StoreError(f"cannot open index database {db_path}: {e.orig}") from e
     return engine
+
+
+def migrate_v1(conn: sa.Connection) -> None:
+    """Bring a version-1 index to version 2 in place: create the lexical index and fill it from the stored rows
+    (idempotent, in the caller's transaction, so an interrupted migration is simply done again)."""
+    create_terms_table(conn)
+    rebuild_rows(conn)
+    write_meta(conn, "schema_version", str(SCHEMA_VERSION))

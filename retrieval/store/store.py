@@ -7,6 +7,7 @@ FAISS index set, the writer lock and the checker) behind the API the rest of img
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 from pathlib import Path
@@ -19,11 +20,13 @@ from ..errors import EncoderMismatchError, StoreError
 from .catalog import Catalog
 from .check import Checker, CheckReport
 from .database import Database
+from .filters import SearchFilters
 from .indexes import IndexSet
 from .lock import WriterLock
-from .records import CaptionRow, EncoderInfo, FileState, ImageRecord, ImageRow
+from .records import CaptionRow, EncoderInfo, FileState, ImageRecord, ImageRow, TermMatch
 from .regions import read_regions, region_info
-from .schema import DB_FILE, REGION_KEY_META, open_engine, read_meta, regions_table, write_meta
+from .schema import DB_FILE, REGION_KEY_META, meta_table, open_engine, read_meta, regions_table, write_meta
+from .terms_index import match_terms
 from .vectors import DEFAULT_INDEX_PARAMS, IndexParams, VectorIndex
 
 
@@ -50,6 +53,7 @@ class Store:
                                all_vectors=lambda kind: self._all_vectors(kind))
         self._db.on_commit = self._faiss.apply_delta
         self._checker = Checker(self._db, self._faiss, self._lock)
+        self._filters = SearchFilters(self._db, lambda: self.generation)
 
     @property
     def index_params(self) -> IndexParams:
@@ -74,6 +78,17 @@ class Store:
     def get_meta(self, key: str) -> str | None:
         """One value of the meta table, or None."""
         return self._db.get_meta(key)
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (None: delete) one value of the meta table, e.g. a sync marker; vectors are untouched, so the
+        generation does not move. ``clear`` drops every key but the schema version and the generation."""
+        if key in ("schema_version", "generation", "encoder", REGION_KEY_META):
+            raise ValueError(f"meta key {key!r} is the store's own")
+        with self._db.tracked() as conn:
+            if value is None:
+                conn.execute(sa.delete(meta_table).where(meta_table.c.key == key))
+            else:
+                write_meta(conn, key, value)
 
     @property
     def encoder_info(self) -> EncoderInfo | None:
@@ -181,6 +196,14 @@ class Store:
         """Indexed root folders with their image counts and last index time."""
         return self._catalog.folders()
 
+    def photo_folders(self) -> list[str]:
+        """Every folder that directly holds an indexed photo, sorted (for folder pickers; read-only)."""
+        # rtrim(path, <path without '/'>) strips the file name: SQLite has no dirname()
+        sql = "SELECT DISTINCT rtrim(path, replace(path, '/', '')) FROM images"
+        with self._db.connect() as conn:
+            rows = conn.connection.driver_connection.execute(sql).fetchall()
+        return sorted(d.rstrip("/") or "/" for (d,) in rows)
+
     def file_states(self, folder_id: int) -> dict[str, FileState]:
         """path -> FileState for every image under one root folder."""
         return self._catalog.file_states(folder_id)
@@ -252,9 +275,22 @@ class Store:
         """image id -> its captions."""
         return self._catalog.captions_of(image_ids)
 
-    def folder_captions(self, folder_id: int) -> dict[int, set[tuple[str, str]]]:
-        """image id -> {(text, source)} for every captioned image under one root."""
-        return self._catalog.folder_captions(folder_id)
+    def folder_captions(self, folder_id: int, sources: Sequence[str] | None = None) -> dict[int, set[tuple[str, str]]]:
+        """image id -> {(text, source)} for every captioned image under one root (only captions of ``sources``
+        when given)."""
+        return self._catalog.folder_captions(folder_id, sources)
+
+    def match_terms(self, text: str, limit: int = 1000) -> dict[int, TermMatch]:
+        """image id -> TermMatch for the (up to) ``limit`` photos whose caption, file-name or folder words best
+        match ``text`` by BM25 in the lexical index; {} when the text has no words.
+
+        Every token of ``text`` is searched as a plain word (quotes, AND/OR/NOT/NEAR, ``*``, ``^``, ``:`` and
+        parentheses are never FTS5 syntax), any word matching. A word matching more than
+        ``terms_index.RANK_CAP`` photos does not pick photos while the query has rarer words (it still adds to
+        their score, fields and all_words); a query of such words only is ranked in full.
+        """
+        with self._db.connect() as conn:
+            return match_terms(conn, text, limit)
 
     def caption_vectors_for_texts(self, texts: Iterable[str]) -> dict[str, np.ndarray]:
         """Already-embedded vectors for any of these exact caption texts."""
@@ -304,20 +340,33 @@ class Store:
         """
         self._faiss.save_all()
 
-    def search_images(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k image (scores, ids) for each query vector."""
-        return self._search("images", queries, k)
+    def filter_ids(self, *, taken_after: datetime.date | None = None, taken_before: datetime.date | None = None,
+                   folders: Sequence[str] | None = None) -> np.ndarray | None:
+        """Sorted int64 ids of the photos taken in [taken_after, taken_before] (both days included; photos
+        without a date taken never match) and lying under any of ``folders``; None when no filter is given.
+
+        A folder must be an indexed root or lie inside one (UnknownFolderError), and the range must not be
+        inverted (FilterRangeError). Pass the result to ``search_images(ids=...)``.
+        """
+        return self._filters.filter_ids(taken_after=taken_after, taken_before=taken_before, folders=folders)
+
+    def search_images(self, queries: np.ndarray, k: int, ids: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k image (scores, ids) for each query vector; with ``ids``, only among those photos (k of
+        them when k exist: the filter acts before the top-k)."""
+        return self._search("images", queries, k, ids)
 
     def search_captions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k caption (scores, ids) for each query vector."""
         return self._search("captions", queries, k)
 
-    def _search(self, kind: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, kind: str, queries: np.ndarray, k: int,
+                ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         dim = self._db.dim()
         if q.shape[1] != dim:
             raise EncoderMismatchError(f"query vectors have dim {q.shape[1]}, the index holds dim {dim}")
-        return self.index(kind).search(q, k)
+        return self.index(kind).search(q, k, ids=ids)
 
     def _all_vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """Every stored (ids, vectors) of one kind: what every FAISS rebuild reads."""

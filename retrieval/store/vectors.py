@@ -23,6 +23,8 @@ INDEX_KINDS = ("images", "captions")
 INDEX_FLAT = "flat"
 INDEX_HNSW = "hnsw"
 INDEX_IVF = "ivf"
+FILTER_EXACT = "exact"
+FILTER_SELECTOR = "selector"
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,13 @@ class IndexParams:
     (IndexHNSWFlat, inner product, no compression). HNSW cannot remove vectors: deletes become
     tombstones, filtered out of every search with an IDSelector, until they exceed
     ``max_deleted_fraction`` of the index and it is rebuilt from the stored vectors.
+
+    A search restricted to a set of ids (a filter) scores up to ``filter_exact_max`` of them
+    exactly, vector by vector; a larger set goes through FAISS with an IDSelector (a bitmap of
+    storage rows). HNSW visits many more nodes than efSearch, so its default efSearch keeps its
+    recall while the set holds at least ``filter_full_share`` of the index; below that, efSearch
+    grows with sqrt(filter_full_share / share), and where it would pass ``filter_ef_max`` the set is
+    scored exactly instead.
     """
 
     hnsw_threshold: int = 100_000
@@ -41,6 +50,9 @@ class IndexParams:
     ef_search: int = 256
     ivf_nprobe: int = 16
     max_deleted_fraction: float = 0.1
+    filter_exact_max: int = 5_000
+    filter_full_share: float = 0.05
+    filter_ef_max: int = 4096
 
     def kind_for(self, n: int) -> str:
         """The index kind for ``n`` vectors: exact up to the threshold, HNSW above it."""
@@ -76,6 +88,8 @@ class VectorIndex:
         self.deleted: set[int] = {int(i) for i in deleted}
         self.mutable = mutable
         self._selector = None
+        self._positions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # sorted ids, their rows, id_map
+        self._deleted_arr: np.ndarray | None = None
 
     @classmethod
     def empty(cls, dim: int, kind: str = INDEX_FLAT, params: IndexParams = DEFAULT_INDEX_PARAMS,
@@ -139,6 +153,7 @@ class VectorIndex:
         if self.deleted and not self.deleted.isdisjoint(ids.tolist()):
             return False
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        self._positions = None
         return True
 
     def remove(self, ids: Iterable[int]) -> None:
@@ -152,8 +167,10 @@ class VectorIndex:
             present = arr[np.isin(arr, self.ids())]
             self.deleted.update(present.tolist())
             self._selector = None
+            self._deleted_arr = None
         else:
             self.index.remove_ids(faiss.IDSelectorBatch(arr))
+            self._positions = None
 
     def _search_params(self, k: int):
         sel = None
@@ -176,13 +193,23 @@ class VectorIndex:
             p.sel = sel
         return p
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids), each (n, k); ids are -1 where fewer than k vectors exist (or were found)."""
+    def search(self, queries: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids), each (n, k); ids are -1 where fewer than k vectors exist (or were found).
+
+        With ``ids`` only those vectors can be returned (ids not in the index are ignored), and k of
+        them come back when k exist: the restriction acts before the top-k (see ``IndexParams``).
+        """
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if ids is not None:
+            return self._search_subset(q, k, np.asarray(ids, dtype=np.int64).reshape(-1))
         if self.ntotal == 0 or k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         k = min(k, self.ntotal)
-        params = self._search_params(k)
+        return self._faiss_search(q, k, self._search_params(k))
+
+    def _faiss_search(self, q: np.ndarray, k: int, params, index=None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of ``index`` (default: this index) on the calling thread alone for one query."""
+        index = self.index if index is None else index
         # One query cannot use FAISS's parallelism (it splits work by query), but it still waits on
         # an OpenMP team barrier, which is slow on a busy machine: run it on this thread alone
         # (the setting is per calling thread, so concurrent searches are unaffected).
@@ -190,10 +217,102 @@ class VectorIndex:
         if threads > 1:
             faiss.omp_set_num_threads(1)
         try:
-            return self.index.search(q, k) if params is None else self.index.search(q, k, params=params)
+            return index.search(q, k) if params is None else index.search(q, k, params=params)
         finally:
             if threads > 1:
                 faiss.omp_set_num_threads(threads)
+
+    def _live_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The ids of ``ids`` the index holds and may return (sorted, no tombstones), with their rows in
+        the flat vector storage (None for IVF, which keeps no such storage)."""
+        ids = np.unique(ids)
+        if self.deleted:
+            if self._deleted_arr is None:
+                self._deleted_arr = np.fromiter(self.deleted, dtype=np.int64)
+            ids = ids[~np.isin(ids, self._deleted_arr, assume_unique=True)]
+        if not hasattr(self.index, "id_map"):
+            present = np.isin(ids, self.ids(), assume_unique=True)
+            return ids[present], None
+        if self._positions is None:
+            id_map = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            order = np.argsort(id_map, kind="stable")
+            self._positions = (id_map[order], order.astype(np.int64), id_map)
+        sorted_ids, rows, _ = self._positions
+        at = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+        present = sorted_ids[at] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
+        return ids[present], rows[at[present]]
+
+    def _flat_storage(self):
+        """The swig float pointer of the (ntotal, dim) vectors behind a flat or HNSW index."""
+        inner = faiss.downcast_index(self.index.index)
+        if isinstance(inner, faiss.IndexHNSW):
+            inner = faiss.downcast_index(inner.storage)
+        return inner.get_xb()
+
+    def _exact_subset(self, q: np.ndarray, k: int, allowed: np.ndarray, rows: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over the stored vectors at ``rows`` (those of ids ``allowed``), read in place."""
+        order = np.argsort(rows, kind="stable")
+        rows, allowed = np.ascontiguousarray(rows[order]), allowed[order]
+        scores = np.empty((len(q), k), np.float32)
+        found = np.empty((len(q), k), np.int64)
+        faiss.knn_inner_products_by_idx(faiss.swig_ptr(q), self._flat_storage(), faiss.swig_ptr(rows), self.dim,
+                                        len(q), int(self.index.ntotal), len(rows), k, faiss.swig_ptr(scores),
+                                        faiss.swig_ptr(found), 0)
+        # found holds storage rows (or -1): map them back to ids
+        at = np.searchsorted(rows, np.maximum(found, 0))
+        return scores, np.where(found >= 0, allowed[np.minimum(at, len(rows) - 1)], -1)
+
+    def filter_ef(self, m: int, k: int) -> int:
+        """The HNSW efSearch for a search restricted to ``m`` ids (see ``IndexParams``)."""
+        share = max(1, m) / max(1, self.ntotal)
+        return int(np.ceil(max(self.params.ef_search, k) * max(1.0, np.sqrt(self.params.filter_full_share / share))))
+
+    def filter_strategy(self, m: int, k: int) -> str:
+        """How a search restricted to ``m`` live ids runs: "exact" (scored one by one) or "selector"
+        (FAISS with an IDSelector; IVF always, having no flat vector storage)."""
+        if self.kind == INDEX_IVF:
+            return FILTER_SELECTOR
+        if m <= self.params.filter_exact_max or (
+                self.kind == INDEX_HNSW and self.filter_ef(m, k) > self.params.filter_ef_max):
+            return FILTER_EXACT
+        return FILTER_SELECTOR
+
+    def _search_subset(self, q: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over the vectors of ``ids`` alone: exact for a small set, else FAISS with an IDSelector."""
+        allowed, rows = self._live_rows(ids)
+        m = len(allowed)
+        if m == 0 or k <= 0 or self.ntotal == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        k = min(k, m)
+        share = m / self.ntotal
+        if rows is not None and self.filter_strategy(m, k) == FILTER_EXACT:
+            return self._exact_subset(q, k, allowed, rows)
+        index, bitmap = self.index, None
+        if rows is not None:
+            # select storage rows of the inner index with a bitmap: far quicker to build than an id hash
+            # set, and no id translation per visited vector
+            flags = np.zeros(int(self.index.ntotal), bool)
+            flags[rows] = True
+            bitmap = np.packbits(flags, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+            index = self.index.index
+        else:
+            sel = faiss.IDSelectorBatch(allowed)
+        if self.kind == INDEX_HNSW:
+            p = faiss.SearchParametersHNSW()
+            p.efSearch = self.filter_ef(m, k)
+        elif self.kind == INDEX_IVF:
+            p = faiss.SearchParametersIVF()
+            nlist = faiss.extract_index_ivf(self.index).nlist
+            p.nprobe = int(min(nlist, max(self.params.ivf_nprobe, np.ceil(self.params.ivf_nprobe / share))))
+        else:
+            p = faiss.SearchParameters()
+        p.sel = sel
+        scores, found = self._faiss_search(q, k, p, index)
+        if bitmap is not None:
+            found = np.where(found >= 0, self._positions[2][np.maximum(found, 0)], -1)
+        return scores, found
 
     def save(self, path: Path) -> None:
         """Write atomically: a temp file beside ``path``, then rename over it."""

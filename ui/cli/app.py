@@ -13,18 +13,18 @@ from retrieval.encoders.registry import spec_names
 from retrieval.rerank.registry import reranker_spec_names
 from ui.cli import bench, check, evaluate, index, info, models, rerank, search, serve, train
 from ui.cli.output import log, own_stdout, quiet_libraries
-from ui.cli.parser import EXIT_ERROR, EXIT_USAGE, UsageError
+from ui.cli.parser import EXIT_ERROR, EXIT_USAGE, OneLineParser, UsageError
 
 COMMANDS = (index, search, evaluate, info, models, serve, train, bench, check, rerank)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `imgsearch` parser, with the subcommands of every module in COMMANDS."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="imgsearch", description="Offline image–text photo search.",
         epilog=f"models (--model): {spec_names(quoted=False)}; rerankers (--rerank-model): "
                f"{reranker_spec_names(quoted=False)}. `imgsearch models` says what each is and whether it is installed.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for command in COMMANDS:
         command.register(sub)
     return parser

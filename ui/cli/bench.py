@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test in seconds, not a measurement)")
     p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(BENCHES)} "
                                                 f"(and {', '.join(OPTIONAL_BENCHES)}, run only when named)")
-    p.add_argument("--sizes", type=_ints, default=None, help="query bench index sizes (default 10000,100000,1000000)")
+    p.add_argument("--sizes", type=_ints, default=None, help="query bench index sizes (default 10000,100000,1000000); "
+                                                              "the filter bench runs at the largest")
     p.add_argument("--index-types", default=None, help="comma-separated: flat,hnsw,ivf (default flat,hnsw)")
     p.add_argument("--ef", type=_ints, default=None, help="HNSW efSearch values to try (default 32,64,128,256)")
     p.add_argument("--dim", type=int, default=None, help="vector dimension for the query bench (default: the encoder's)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import NoReturn
 
 from retrieval.rerank.registry import reranker_spec_names
 
@@ -59,3 +60,10 @@ def add_rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank-k", type=positive_int, default=20, metavar="N", help="how many top results to rerank (default 20)")
     p.add_argument("--rerank-model", default="default", metavar="SPEC",
                    help=f"reranker spec: {reranker_spec_names(quoted=False)} (default: default)")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line on stderr (and --help for the rest)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

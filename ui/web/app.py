@@ -27,6 +27,9 @@ CSS = """
 .msg-warn { border-color: #f59e0b; background: rgba(245,158,11,.10); }
 .msg-error { border-color: #ef4444; background: rgba(239,68,68,.08); }
 #results .thumbnail-item, #similar .thumbnail-item { border-radius: 10px; overflow: hidden; }
+/* gradio narrows the grid to the item count: keep six columns, so one or two results stay thumbnails */
+#results .grid-container, #similar .grid-container { --grid-cols: 6 !important; }
+#filters { align-items: flex-end; }
 #results .caption-label, #similar .caption-label {
   left: 0 !important; right: 0 !important; bottom: 0 !important; max-width: none !important;
   border-radius: 0 !important; margin: 0 !important; padding: 18px 8px 0 8px !important;

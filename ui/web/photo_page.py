@@ -1,6 +1,7 @@
 """The Find by photo page: an uploaded photo's best-matching captions and most similar photos.
 
-Endpoint: ``/find_by_photo(image, k, rerank=False) -> (status, captions table, similar photos)``.
+Endpoint: ``/find_by_photo(image, k, rerank=False, text="") -> (status, captions table, similar photos)``;
+with ``text`` the similar photos match the photo and the text together ("this photo, but at night").
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from retrieval.errors import EmptyIndexError, ImageLoadError, ImgSearchError
+from retrieval.errors import EmptyIndexError, ImageLoadError, ImgSearchError, QueryError
+from retrieval.query import clean_text
 
 from .render import (
     CAPTION_HEADERS,
@@ -18,7 +20,10 @@ from .render import (
     gallery,
     msg,
 )
+from .search_page import as_sent, whole
 from .state import CAPTIONS_K, QUERY_CONCURRENCY, AppState, allow_current_folders
+
+MAX_PHOTOS = 50
 
 
 def build_photo_page(demo: gr.Blocks, state: AppState) -> Callable[[], None]:
@@ -31,7 +36,10 @@ def build_photo_page(demo: gr.Blocks, state: AppState) -> Callable[[], None]:
                     label="Upload or paste a photo", type="filepath", sources=["upload", "clipboard"],
                     image_mode=None,  # the file as uploaded: our loader converts (no re-encode here)
                     height=320, elem_id="photo-input"))
-                photo_k = gr.Slider(1, 50, value=8, step=1, label="Results")
+                photo_text = gr.Textbox("", label="and text", placeholder="this photo, but… “at night”, “in snow”",
+                                        max_lines=1, info="optional: find photos like this one and these words",
+                                        elem_id="photo-text")
+                photo_k = as_sent(gr.Slider(1, MAX_PHOTOS, value=8, step=1, label="Results"))
                 photo_rerank = gr.Checkbox(label="Rerank captions", value=False, interactive=has_reranker,
                                            info=RERANK_CAPTIONS_INFO_ON if has_reranker else RERANK_INFO_OFF,
                                            elem_id="photo-rerank")
@@ -49,17 +57,25 @@ def build_photo_page(demo: gr.Blocks, state: AppState) -> Callable[[], None]:
                              allow_preview=True, elem_id="similar")
 
     def wire_events() -> None:
-        def find_by_photo(image_path: str | None, top_k: float, use_rerank: bool = False):
+        def find_by_photo(image_path: str | None, top_k: float, use_rerank: bool = False, text: str | None = ""):
             if not image_path:
                 return msg("info", "Upload or paste a photo to find its captions and similar photos."), [], []
             reranked = bool(use_rerank) and has_reranker
+            text = clean_text(text)
             try:
+                k_photos = whole(top_k, "k")
+                if not 1 <= k_photos <= MAX_PHOTOS:
+                    raise QueryError(f"the number of results (k) must be a whole number from 1 to {MAX_PHOTOS}, "
+                                     f"not {k_photos}")
                 image = state.load_query_image(image_path)
-                caps, sims = state.photo_matches(image, k_captions=CAPTIONS_K, k_photos=int(top_k), rerank=reranked)
+                caps, sims = state.photo_matches(image, k_captions=CAPTIONS_K, k_photos=k_photos, rerank=reranked,
+                                                 text=text or None)
             except ImageLoadError as e:
                 return msg("warn", f"That file is not an image we can read ({e.reason})."), [], []
             except EmptyIndexError as e:
                 return msg("warn", f"Nothing to compare with yet: {e}"), [], []
+            except QueryError as e:
+                return msg("info", str(e)[:1].upper() + str(e)[1:] + "."), [], []
             except ImgSearchError as e:
                 return msg("error", str(e)), [], []
             allow_current_folders(demo, state)
@@ -68,21 +84,23 @@ def build_photo_page(demo: gr.Blocks, state: AppState) -> Callable[[], None]:
                 for row, r in zip(rows, caps):
                     row.append(None if r.hit.match is None else round(r.hit.match, 3))
             items, _ = gallery(state, sims)
-            note = (f"{len(rows)} best captions{' (reranked)' if reranked else ''} and "
-                    f"{len(items)} similar photos." if rows else "No captions in the index match this photo.")
+            alike = f"{len(items)} photos like this one and “{text}”" if text else f"{len(items)} similar photos"
+            note = (f"{len(rows)} best captions{' (reranked)' if reranked else ''} and {alike}." if rows
+                    else f"No captions in the index match this photo; {alike}.")
             return msg("ok", note), rows, items
 
-        gr.on([photo_btn.click, photo.upload], find_by_photo, [photo, photo_k, photo_rerank],
-              [photo_status, captions_table, similar], api_name="find_by_photo",
-              concurrency_limit=QUERY_CONCURRENCY, concurrency_id="query")
+        gr.on([photo_btn.click, photo.upload, photo_text.submit], find_by_photo,
+              [photo, photo_k, photo_rerank, photo_text], [photo_status, captions_table, similar],
+              api_name="find_by_photo", concurrency_limit=QUERY_CONCURRENCY, concurrency_id="query")
         photo.clear(lambda: ("", [], []), None, [photo_status, captions_table, similar], api_visibility="private")
 
-        def rerun_find(image_path: str | None, top_k: float, use_rerank: bool):
+        def rerun_find(image_path: str | None, top_k: float, use_rerank: bool, text: str):
             if not image_path:
                 return gr.skip(), gr.skip(), gr.skip()
-            return find_by_photo(image_path, top_k, use_rerank)
+            return find_by_photo(image_path, top_k, use_rerank, text)
 
-        photo_rerank.input(rerun_find, [photo, photo_k, photo_rerank], [photo_status, captions_table, similar],
+        photo_rerank.input(rerun_find, [photo, photo_k, photo_rerank, photo_text],
+                           [photo_status, captions_table, similar],
                            api_visibility="private", concurrency_limit=QUERY_CONCURRENCY, concurrency_id="query")
 
     return wire_events

@@ -10,6 +10,8 @@ import html
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from retrieval.hybrid import WEAK_SOURCES
+
 from .state import ReindexStatus, Result
 
 if TYPE_CHECKING:
@@ -67,11 +69,29 @@ def gallery(state: AppState, results: list[Result]) -> tuple[list[tuple[str, str
         if r.hit.match is not None:  # reranked: the reranker's match probability
             label += f"match {r.hit.match:.2f} · "
         label += r.name
+        if r.hit.matched:
+            label += f" {badge(r.hit.matched)}"
         if r.caption:
             label += f" — {r.caption}"
         items.append((thumb, label))
         paths.append(r.hit.path)
     return items, paths
+
+
+def badge(matched: tuple[str, ...] | list[str]) -> str:
+    """What a hit matched on, as its gallery label shows it: "[caption, name]"."""
+    return "[" + ", ".join(matched) + "]"
+
+
+def hit_dict(r: Result) -> dict:
+    """One search result as data for API clients (and for the page's detail view)."""
+    h = r.hit
+    return {  # "photo", not "path": see details_dict
+        "photo": h.path, "name": r.name, "score": round(h.score, 4), "image_id": h.image_id,
+        "caption": r.caption, "match": None if h.match is None else round(h.match, 4),
+        "relevance": h.relevance, "matched": list(h.matched) if h.matched else [],
+        "taken": h.taken, "matched_caption": h.caption, "source": h.source,
+    }
 
 
 def details_md(r: Result) -> str:
@@ -88,12 +108,32 @@ def details_md(r: Result) -> str:
         ]
     else:
         lines.append(f"**Path** `{r.hit.path}`")
+    lines += match_lines(r)
     lines += ["", "#### Captions"]
-    if r.captions:
-        lines += [f"- {md_esc(c.text)} <small>({md_esc(c.source)})</small>" for c in r.captions]
+    real = [c for c in r.captions if c.source not in WEAK_SOURCES]  # not the words of its own names
+    if real:
+        lines += [f"- {md_esc(c.text)} <small>({md_esc(c.source)})</small>" for c in real]
     else:
         lines.append("_No captions: add a `<photo>.txt` beside it or a `captions.jsonl`, then reindex._")
     return "\n".join(lines)
+
+
+def match_lines(r: Result) -> list[str]:
+    """How a search result matched (relevance, what on, the caption), for the detail view; none
+    for a photo opened outside a search."""
+    h = r.hit
+    if h.relevance is None and not h.matched:
+        return []
+    facts = []
+    if h.relevance is not None:
+        facts.append(f"**Relevance** {h.relevance:.2f} <small>(standard deviations above this query's "
+                     "typical photo)</small>")
+    if h.matched:
+        facts.append(f"**Matched on** {md_esc(', '.join(h.matched))}")
+    lines = ["", " · ".join(facts) + ("  " if h.caption else "")]
+    if h.caption:
+        lines.append(f"**Matched caption** “{md_esc(h.caption)}” <small>({md_esc(h.source or '?')})</small>")
+    return lines
 
 
 def details_dict(r: Result) -> dict:

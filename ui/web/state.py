@@ -11,15 +11,17 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from indexer.sync import Indexer
 from retrieval.encoders import create_encoder
 from retrieval.errors import EmptyIndexError, ImgSearchError, StoreError
+from retrieval.hybrid import WEAK_SOURCES
 from retrieval.images import load_image
 from retrieval.library import open_library
+from retrieval.query import SearchQuery
 from retrieval.rerank import DEFAULT_RERANK_K
 from retrieval.search import Hit, Searcher
 from retrieval.store import DB_FILE, CaptionRow, ImageRow, Store
@@ -40,6 +42,8 @@ CAPTIONS_K = 5
 # running at once: on 2 cores more only adds GIL contention, and one queue keeps the waits of
 # the two kinds equal (measured with benchmarks/load_test.py; see README, Performance).
 QUERY_CONCURRENCY = 4
+WEAK_CAPTION_ROOM = 20  # extra nearest captions fetched for a photo query, as name captions are dropped
+MAX_FOLDER_CHOICES = 500  # folders the Search page's picker lists (roots first); others can be typed
 
 
 @dataclass
@@ -57,10 +61,12 @@ class Result:
 
     @property
     def caption(self) -> str | None:
-        """The caption that matched, else the photo's first caption."""
-        if self.hit.caption:
+        """The caption that matched, else the photo's first caption; a real caption before the weak ones
+        made from its file and folder names (those only repeat the name shown beside it)."""
+        if self.hit.caption and self.hit.source not in WEAK_SOURCES:
             return self.hit.caption
-        return self.captions[0].text if self.captions else None
+        real = [c.text for c in self.captions if c.source not in WEAK_SOURCES]
+        return real[0] if real else None
 
 
 @dataclass
@@ -138,6 +144,7 @@ class AppState:
         self._searcher = self._wrap(searcher) if searcher is not None else None
         self._info_store: Store | None = None
         self._thread: threading.Thread | None = None
+        self._folder_cache: tuple[tuple, list[tuple[str, str]]] | None = None
 
     @property
     def has_reranker(self) -> bool:
@@ -210,29 +217,44 @@ class AppState:
     # -- searching --------------------------------------------------------------------------
 
     def search(self, query: str, k: int = DEFAULT_K, min_score: float | None = None,
-               rerank: bool = False) -> list[Result]:
-        """Photos for a text query; with ``rerank`` (and a reranker) the top ``rerank_k`` reordered."""
-        searcher = self.searcher()
-        hits = searcher.search_text(query, k=k, min_score=min_score, rerank=bool(rerank) and self.has_reranker)
-        return self._results(hits)
+               rerank: bool = False, **options: Any) -> list[Result]:
+        """Photos for a text query; with ``rerank`` (and a reranker) the top ``rerank_k`` reordered.
+
+        ``options``: any other ``SearchQuery`` field (filters, ``not_texts``, ``sort``, ``offset``, ``image``).
+        """
+        return self.find(SearchQuery(text=query, k=k, min_score=min_score, rerank=rerank, **options))
+
+    def find(self, query: SearchQuery) -> list[Result]:
+        """The results of one ``SearchQuery`` (its rerank dropped when no reranker is loaded)."""
+        if query.rerank and not self.has_reranker:
+            query = replace(query, rerank=False)
+        return self._results(self.searcher().search(query))
 
     def photo_matches(self, image: Any, k_captions: int = CAPTIONS_K, k_photos: int = DEFAULT_K,
-                      rerank: bool = False) -> tuple[list[Result], list[Result]]:
+                      rerank: bool = False, text: str | None = None) -> tuple[list[Result], list[Result]]:
         """Best captions and most similar photos for one query photo, embedding it once.
 
-        With ``rerank`` (and a reranker) the best ``rerank_k`` captions are reordered by it.
+        With ``rerank`` (and a reranker) the best ``rerank_k`` captions are reordered by it. With
+        ``text`` the similar photos are those matching the photo and the text together ("this photo,
+        but at night"); the captions stay the photo's own.
         """
         searcher = self.searcher()
         rerank = bool(rerank) and self.has_reranker
         picture = searcher.load_query_image(image)
         vector, regions = searcher.embed_picture(picture, with_regions=rerank)
-        try:
-            hits = searcher.captions_near(vector, k=max(k_captions, self.rerank_k) if rerank else k_captions)
+        want = max(k_captions, self.rerank_k) if rerank else k_captions
+        try:  # real captions only: the weak ones made from file and folder names describe no picture
+            hits = [h for h in searcher.captions_near(vector, k=want + WEAK_CAPTION_ROOM)
+                    if h.source not in WEAK_SOURCES][:want]
         except EmptyIndexError:  # photos but no captions: still show the similar photos
             hits = []
         if rerank and hits:
             hits = searcher.rerank_top_captions(picture, hits, regions)
-        return self._results(hits[:k_captions]), self._results(searcher.images_near(vector, k=k_photos))
+        if text and text.strip():
+            similar = searcher.search(SearchQuery(text=text, image=picture, k=k_photos))
+        else:
+            similar = searcher.images_near(vector, k=k_photos)
+        return self._results(hits[:k_captions]), self._results(similar)
 
     def load_query_image(self, path: str) -> Image.Image:
         """An uploaded file decoded once (ImageLoadError with a reason when it is not a readable image)."""
@@ -265,6 +287,28 @@ class AppState:
         return self.thumbs.display(r.hit.path, r.row.hash) if r.row else None
 
     # -- library facts ----------------------------------------------------------------------
+
+    def folder_choices(self) -> list[tuple[str, str]]:
+        """(label, path) of the folders a search can be narrowed to: each indexed root (its full path),
+        then the sub-folders holding photos (labelled from the root's name); at most MAX_FOLDER_CHOICES."""
+        store = self.store()
+        if store is None:
+            return []
+        roots = sorted(f["path"] for f in store.folders())
+        gen = store.generation
+        with self._lock:
+            cached = self._folder_cache
+        if cached is not None and cached[0] == (id(store), gen, tuple(roots)):
+            return cached[1]
+        choices = [(r, r) for r in roots]
+        for folder in store.photo_folders():
+            root = max((r for r in roots if folder.startswith(r.rstrip("/") + "/")), key=len, default=None)
+            if root is not None and len(choices) < MAX_FOLDER_CHOICES:
+                rel = os.path.relpath(folder, root)
+                choices.append((f"{os.path.basename(root) or root}/{rel}", folder))
+        with self._lock:
+            self._folder_cache = ((id(store), gen, tuple(roots)), choices)
+        return choices
 
     def library(self) -> dict:
         """Folders, counts, skipped files, encoder and last index time (an empty shape when no index)."""

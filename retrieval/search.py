@@ -150,7 +150,7 @@ class Searcher:
             pool.update(dict.fromkeys(self._caption_candidates(tvec, allowed, depth)))
             pool.update(dict.fromkeys(words))
         if ivec is not None and tvec is not None:
-            _, extra = self.store.search_images(ivec[None, :], depth, **({"ids": allowed} if allowed is not None else {}))
+            _, extra = self.store.search_images(ivec[None, :], depth, ids=allowed)
             pool.update(dict.fromkeys(int(i) for i in extra[0] if i >= 0))
         cand = np.fromiter(pool, np.int64, len(pool))
         vectors = None
@@ -377,8 +377,8 @@ class Searcher:
                     text_query: bool = False) -> list[Hit]:
         """Images nearest a query vector (hubness-corrected for a ``text_query`` where the encoder has it)."""
         scores, ids = self._nearest("image", vector, k, text_query)
-        if not (ids >= 0).any() and self.store.count_images() == 0:  # counted only when nothing came back
-            raise EmptyIndexError(f"the index in {self.store.data_dir} holds no photos yet (run `imgsearch index DIR`)")
+        if not (ids >= 0).any():  # counted only when nothing came back
+            self._check_not_empty()
         rows = self.store.images(i for i in ids if i >= 0)
         return [Hit(rows[i].path, float(s), int(i)) for s, i in zip(scores, ids)
                 if i in rows and (min_score is None or s >= min_score)]
@@ -393,10 +393,8 @@ class Searcher:
         hub = self.hubness if correct else None
         corrects = hub is not None and kind in hub.sides
         n = max(k, HUB_CANDIDATES) if corrects else k
-        if kind == "image" and ids is not None:
+        if kind == "image":
             scores, ids = self.store.search_images(vector[None, :], n, ids=ids)
-        elif kind == "image":
-            scores, ids = self.store.search_images(vector[None, :], n)
         else:
             scores, ids = self.store.search_captions(vector[None, :], n)
         scores, ids = scores[0], ids[0]

@@ -94,14 +94,15 @@ def _client_loop(base: str, auth: tuple[str, str] | None, images: list[Path], im
             t0 = time.perf_counter()
             try:
                 if kind == "text":
-                    _call(client, "search", [rng.choice(QUERIES), 12, 0, False], timeout, session)
+                    _call(client, "search", [rng.choice(QUERIES), 12, 0, False, "", "", [], "relevance", "", 0],
+                              timeout, session)
                 else:
                     img = rng.choice(images)
                     with open(img, "rb") as f:
                         up = client.post("gradio_api/upload", files={"files": (img.name, f, "application/octet-stream")})
                     up.raise_for_status()
                     fd = {"path": up.json()[0], "orig_name": img.name, "meta": {"_type": "gradio.FileData"}}
-                    _call(client, "find_by_photo", [fd, 8, False], timeout, session)
+                    _call(client, "find_by_photo", [fd, 8, False, ""], timeout, session)
                 results.add(Sample(kind, time.perf_counter() - t0))
             except Exception as e:  # noqa: BLE001 - every failure is a counted error, the run goes on
                 results.add(Sample(kind, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:300]))

@@ -46,7 +46,7 @@ def test_text_search_finds_the_right_photo_in_top_3(indexed, capsys, query, expe
     hits = run_json(capsys, "search", query, "--db", str(db), "-k", "3")
     assert expected in [os.path.basename(h["path"]) for h in hits], hits
     assert all(os.path.isabs(h["path"]) and isinstance(h["score"], float) for h in hits)
-    assert hits == sorted(hits, key=lambda h: -h["score"])
+    assert hits == sorted(hits, key=lambda h: -h["relevance"])  # ranked by fused relevance, not raw cosine
 
 
 @pytest.mark.parametrize("photo", ["cat_chelsea.png", "espresso_cup.png", "dahlia_flower.webp"])

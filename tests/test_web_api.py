@@ -551,7 +551,7 @@ def test_not_text_steers_away_from_a_concept(app):
     _, _, plain = hybrid(app, "an animal", k=22)
     _, status, steered = hybrid(app, "an animal", k=22, not_text="a cat")
     assert "not “a cat”" in status and len(steered) == 22
-    assert names(plain).index("cat_chelsea.png") <= 2 and names(steered).index("cat_chelsea.png") > 4
+    assert names(plain).index("cat_chelsea.png") <= 2 and "cat_chelsea.png" not in names(steered)[:5]
     _, status, _ = hybrid(app, "an animal", k=3, not_text="a cat, a dog")
     assert "not “a cat”, “a dog”" in status
 

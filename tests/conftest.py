@@ -73,6 +73,18 @@ def make_photo(path: Path, seed: int, size: tuple[int, int] = (64, 48), fmt: str
     return path
 
 
+def with_date(src: Path, dest: Path, taken: str | None) -> Path:
+    """A JPEG copy of ``src`` at ``dest``, with EXIF DateTimeOriginal ``taken`` ("YYYY:MM:DD HH:MM:SS") if given."""
+    with Image.open(src) as im:
+        img = im.convert("RGB")
+    exif = Image.Exif()
+    if taken is not None:
+        exif.get_ifd(0x8769)[36867] = taken
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img.save(dest, "JPEG", exif=exif, quality=90)
+    return dest
+
+
 @pytest.fixture
 def photo_dir(tmp_path: Path) -> Path:
     """A folder of 6 distinct photos in a few formats, one in a subfolder."""

@@ -45,6 +45,10 @@ def image_id(db: Path, path: Path) -> int:
         return s.image_by_path(str(path)).id
 
 
+def image_id_in(store: Store, path: Path) -> int:
+    return store.image_by_path(str(path)).id
+
+
 def check(db: Path, repair: bool = False):
     with Store(db) as s:
         return s.check(repair=repair)
@@ -112,6 +116,14 @@ def _faiss_from_another_index(photos, db):
         s._save_index("images", vi, s.generation)
 
 
+def _terms_missing(photos, db):
+    sql(db, f"DELETE FROM photo_terms WHERE rowid = {image_id(db, photos / 'p0.png')}")
+
+
+def _terms_stale(photos, db):
+    sql(db, f"UPDATE photo_terms SET caption = 'a green circle' WHERE rowid = {image_id(db, photos / 'p1.png')}")
+
+
 DRIFTS = {
     "image_without_vector": (_row_without_vector, {"image_without_vector", "faiss_ids_without_rows"}),
     "vector_without_image": (_vector_without_row, {"vector_without_image", "faiss_ids_without_rows", "terms_orphan"}),
@@ -124,6 +136,8 @@ DRIFTS = {
     "faiss_missing": (_faiss_missing, {"faiss_missing"}),
     "generation_mismatch": (_generation_mismatch, {"faiss_generation_mismatch"}),
     "faiss_rows_missing": (_faiss_from_another_index, {"faiss_ids_without_rows", "faiss_rows_missing"}),
+    "terms_missing": (_terms_missing, {"terms_missing"}),
+    "terms_stale": (_terms_stale, {"terms_stale"}),
 }
 
 
@@ -145,6 +159,9 @@ def test_each_drift_is_found_and_repaired(indexed, name):
         Indexer(enc, s, show_progress=False).sync(str(photos))
         assert s.count_images() == 8 and s.count_captions() == 3
         assert len(Searcher(enc, s).search_text("x", k=20)) == 8
+        words = {w: set(s.match_terms(w)) for w in ("red", "blue", "green")}
+        assert words == {"red": {image_id_in(s, photos / "p0.png")}, "blue": {image_id_in(s, photos / "p1.png")},
+                         "green": set()}
     assert check(db).issues == []
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FakeEncoder
+from conftest import FakeEncoder, make_photo, with_date
 from indexer.sync import Indexer
 from retrieval.errors import FilterRangeError, ImgSearchError, UnknownFolderError
 from retrieval.store import ImageRecord, IndexParams, Store
@@ -31,16 +30,8 @@ PHOTOS = {
 
 
 def write_photo(path: Path, seed: int, taken: str | None) -> None:
-    """A distinct small JPEG, with EXIF DateTimeOriginal (tag 36867) when ``taken`` is given."""
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)).resize((32, 24), Image.NEAREST)
-    exif = Image.Exif()
-    if taken is not None:
-        exif.get_ifd(0x8769)[36867] = taken
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif)
-    path.write_bytes(buf.getvalue())
+    """A distinct small JPEG, with EXIF DateTimeOriginal when ``taken`` is given."""
+    with_date(make_photo(path, seed, size=(32, 24), fmt="JPEG"), path, taken)
 
 
 def sync(encoder: FakeEncoder, store: Store, root: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import with_date
 from retrieval.errors import QueryError
 from retrieval.hybrid import FusionParams, Parts, fuse
 from retrieval.query import SearchQuery
@@ -89,15 +89,6 @@ def _day(s: str):
 
 # -- end to end, the bundled model on sample_data and renamed copies --------------------------------------------
 
-def _with_date(src: Path, dest: Path, when: str) -> None:
-    """A copy of ``src`` as JPEG with EXIF DateTimeOriginal ``when`` ("YYYY:MM:DD HH:MM:SS")."""
-    img = Image.open(src).convert("RGB")
-    exif = Image.Exif()
-    exif[0x8769] = {0x9003: when}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    img.save(dest, "JPEG", exif=exif)
-
-
 @pytest.fixture(scope="module")
 def library(tmp_path_factory, default_encoder):
     """sample_data plus a named cat, a pagoda in a "2019 Kyoto" folder and three dated copies, indexed."""
@@ -110,7 +101,7 @@ def library(tmp_path_factory, default_encoder):
     shutil.copyfile(root / "chinese_pagoda_lake.jpg", root / "2019 Kyoto" / "IMG_2041.jpg")
     for name, when in (("dated/a.jpg", "2018:05:01 10:00:00"), ("dated/b.jpg", "2019:07:04 12:00:00"),
                        ("dated/c.jpg", "2021:01:31 08:00:00")):
-        _with_date(root / "espresso_cup.png", root / name, when)
+        with_date(root / "espresso_cup.png", root / name, when)
     db = root.parent / "db"
     store = Store(db)
     Indexer(default_encoder, store, show_progress=False).sync(str(root))

@@ -128,7 +128,7 @@ class Catalog:
             by_path: dict[str, int] = {}
             for i in range(0, len(paths), SQL_CHUNK):
                 q = sa.select(c.path, c.id).where(c.path.in_(paths[i:i + SQL_CHUNK]))
-                by_path.update(conn.execute(q).tuples().all())
+                by_path.update((r[0], r[1]) for r in conn.execute(q))
             ids = [int(by_path[p]) for p in paths]
             if ids:
                 conn.execute(image_vectors_table.insert(), [{"image_id": iid, "vector": to_blob(vec)}
@@ -269,10 +269,14 @@ class Catalog:
         with self.db.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(images_table)).scalar_one())
 
-    def count_captions(self) -> int:
-        """How many captions the store holds."""
+    def count_captions(self, include_weak: bool = True) -> int:
+        """How many captions the store holds; ``include_weak=False``: only real ones, not those made
+        from file and folder names."""
+        q = sa.select(sa.func.count()).select_from(captions_table)
+        if not include_weak:
+            q = q.where(captions_table.c.source.not_in(WEAK_CAPTION_SOURCES))
         with self.db.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(captions_table)).scalar_one())
+            return int(conn.execute(q).scalar_one())
 
     # -- captions ---------------------------------------------------------------------------
 

@@ -267,9 +267,9 @@ class Store:
         """How many images the store holds."""
         return self._catalog.count_images()
 
-    def count_captions(self) -> int:
-        """How many captions the store holds."""
-        return self._catalog.count_captions()
+    def count_captions(self, include_weak: bool = True) -> int:
+        """How many captions the store holds (``include_weak=False``: not counting file and folder names)."""
+        return self._catalog.count_captions(include_weak)
 
     def captions_of(self, image_ids: Iterable[int]) -> dict[int, list[CaptionRow]]:
         """image id -> its captions."""

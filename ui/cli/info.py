@@ -28,7 +28,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "data_dir": str(store.data_dir),
             "encoder": info.__dict__ if info else None,
             "images": store.count_images(),
-            "captions": store.count_captions(),
+            "captions": store.count_captions(include_weak=False),
             "folders": folders,
             "regions": store.region_info(),
             "skipped": [{"path": p, "reason": s["reason"]} for p, s in sorted(skipped.items())],

@@ -323,7 +323,7 @@ class AppState:
             "data_dir": str(store.data_dir),
             "encoder": info.__dict__ if info else None,
             "images": store.count_images(),
-            "captions": store.count_captions(),
+            "captions": store.count_captions(include_weak=False),
             "folders": folders,
             "skipped": sorted((p, s["reason"]) for p, s in store.skipped().items()),
             "last_indexed": max(times) if times else None,

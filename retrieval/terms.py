@@ -103,6 +103,15 @@ def is_boilerplate(stem: str) -> bool:
     return not s or any(r.fullmatch(s) for r in _BOILERPLATE_RES)
 
 
+def file_key(path: str) -> str | None:
+    """The one token a camera-made file name is still found by ("…/IMG_2041.JPG" -> "img2041"): its letters
+    and digits run together; None for names that are words or hold no letters or no digits."""
+    stem = stem_of(path.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    if not (any(c.isalpha() for c in stem) and any(c.isdigit() for c in stem)) or not is_boilerplate(stem):
+        return None
+    return "".join(_TOKEN_RE.findall(_fold(stem))) or None
+
+
 def is_boilerplate_folder(name: str) -> bool:
     """True when a folder name is one cameras and photo apps create (``DCIM``, ``100APPLE``, ``Camera``)."""
     s = name.strip()
@@ -205,8 +214,13 @@ def weak_caption(words: Sequence[str]) -> str | None:
 
 
 def query_tokens(text: str) -> list[str]:
-    """The distinct lower-cased tokens of user text, split as the FTS5 unicode61 tokenizer splits them."""
-    return _dedupe(_TOKEN_RE.findall(_fold(text)))[:MAX_QUERY_TOKENS]
+    """The distinct lower-cased tokens of user text, split as the FTS5 unicode61 tokenizer splits them; a
+    camera-made file name ("IMG_2041") stays one token, as ``file_key`` indexes it."""
+    tokens: list[str] = []
+    for chunk in _fold(text).split():
+        key = file_key(chunk.strip("\"'()[]{},;:!?"))
+        tokens.extend([key] if key else _TOKEN_RE.findall(chunk))
+    return _dedupe(tokens)[:MAX_QUERY_TOKENS]
 
 
 def content_tokens(tokens: Sequence[str]) -> list[str]:

@@ -205,3 +205,14 @@ def test_check_cli_text_json_and_exit_codes(indexed, capsys):
     assert json.loads(capsys.readouterr().out)["issues"] == []
     assert main(["check", "--db", str(db.parent / "nowhere")]) == 1
     assert "no index at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_an_older_index_gets_its_lexical_rows_rebuilt_on_open(indexed, version):
+    photos, db = indexed
+    gone = "DROP TABLE photo_terms" if version == "1" else "UPDATE photo_terms SET caption = 'old words'"
+    sql(db, gone, f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'")
+    with Store(db) as s:
+        assert s.get_meta("schema_version") == "3"
+        assert set(s.match_terms("red")) == {image_id_in(s, photos / "p0.png")} and not s.match_terms("old")
+    assert check(db).issues == []

@@ -124,6 +124,10 @@ def test_words_of_captions_names_and_folders_find_their_photo(library):
         assert set(hits[0].matched) & {"caption", "name", "folder"}, (query, hits[0])
     kyoto = searcher.search(SearchQuery(text="Kyoto", k=1))[0]
     assert "folder" in kyoto.matched
+    for query in ("IMG_2041", "img_2041.JPG", "IMG_2041 kyoto"):  # a camera-made name is found as one token
+        hit = searcher.search(SearchQuery(text=query, k=1))[0]
+        assert _names([hit], root) == ["2019 Kyoto/IMG_2041.jpg"] and "name" in hit.matched, (query, hit)
+    assert "2019 Kyoto/IMG_2041.jpg" not in _names(searcher.search(SearchQuery(text="IMG_2042", k=1)), root)
     pixels = searcher.search(SearchQuery(text="Hubble", k=5, hybrid=False))
     assert all(h.matched == ("pixels",) for h in pixels)
     hubble = searcher.search(SearchQuery(text="Hubble", k=1))[0]

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from retrieval.terms import (FTS_COLUMNS, FTS_TOKENIZE, MAX_QUERY_TOKENS, content_tokens, fts_query, is_boilerplate,
-                             is_boilerplate_folder, name_words, query_tokens, split_words, stem_of, weak_caption)
+from retrieval.terms import (FTS_COLUMNS, FTS_TOKENIZE, MAX_QUERY_TOKENS, content_tokens, file_key, fts_query,
+                             is_boilerplate, is_boilerplate_folder, name_words, query_tokens, split_words, stem_of, weak_caption)
 
 CAMERA_NAMES = [
     "IMG_1234", "IMG-20190412-WA0003", "DSC0042", "DSC_0042", "DSCN0042", "DSCF1234", "_DSC1234", "_MG_1234",
@@ -28,6 +28,14 @@ WORD_NAMES = ["Screenshot_20190412-153012", "black-cat_2019", "2019 Kyoto", "cat
 def test_camera_names_are_boilerplate(stem):
     assert is_boilerplate(stem)
     assert name_words(f"/lib/{stem}.JPG", "/lib").name == []
+
+
+def test_camera_names_keep_one_file_key_token():
+    assert [file_key(f"/lib/{s}.JPG") for s in ("IMG_2041", "DSC0042", "IMG-20190412-WA0003", "P1010001")] == \
+        ["img2041", "dsc0042", "img20190412wa0003", "p1010001"]
+    assert [file_key(f"/lib/{s}.jpg") for s in ("black cat", "2019", "0001", "image")] == [None] * 4
+    assert query_tokens('IMG_2041 in "Kyoto"') == ["img2041", "in", "kyoto"]
+    assert query_tokens("IMG_2041.jpg, 2019-04") == ["img2041", "2019", "04"]
 
 
 @pytest.mark.parametrize("stem", WORD_NAMES)

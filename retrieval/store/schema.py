@@ -15,7 +15,8 @@ from ..errors import StoreError
 from .terms_index import create_terms_table, rebuild_rows
 
 # 2: the lexical index (the FTS5 table of terms_index), created and filled in place when a version-1 index opens
-SCHEMA_VERSION = 2
+# 3: camera-made file names are indexed by their file key; the lexical rows are rebuilt in place on open
+SCHEMA_VERSION = 3
 DB_FILE = "imgsearch.sqlite"
 LOCK_FILE = "indexer.lock"
 REGION_KEY_META = "region_key"
@@ -118,8 +119,8 @@ def open_engine(data_dir: Path, db_path: Path) -> sa.Engine:
                 if version is None:
                     create_terms_table(conn)
                     conn.execute(meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-                elif version == "1":
-                    migrate_v1(conn)
+                elif version in ("1", "2"):
+                    migrate_terms(conn)
                 elif version != str(SCHEMA_VERSION):
                     raise StoreError(f"index at {data_dir} has schema version {version}; this imgsearch reads "
                                      f"version {SCHEMA_VERSION}: rebuild it with `imgsearch index DIR --rebuild`")
@@ -135,9 +136,9 @@ def open_engine(data_dir: Path, db_path: Path) -> sa.Engine:
     return engine
 
 
-def migrate_v1(conn: sa.Connection) -> None:
-    """Bring a version-1 index to version 2 in place: create the lexical index and fill it from the stored rows
-    (idempotent, in the caller's transaction, so an interrupted migration is simply done again)."""
+def migrate_terms(conn: sa.Connection) -> None:
+    """Bring a version-1 or -2 index to this version in place: create the lexical index and fill it afresh from
+    the stored rows (idempotent, in the caller's transaction, so an interrupted migration is simply done again)."""
     create_terms_table(conn)
     rebuild_rows(conn)
     write_meta(conn, "schema_version", str(SCHEMA_VERSION))

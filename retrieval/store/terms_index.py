@@ -12,8 +12,8 @@ from typing import Iterable, Sequence
 
 import sqlalchemy as sa
 
-from ..terms import FTS_COLUMNS, FTS_TOKENIZE, WEAK_CAPTION_SOURCES, content_tokens, fts_query, name_words, \
-    query_tokens, quote_token
+from ..terms import FTS_COLUMNS, FTS_TOKENIZE, WEAK_CAPTION_SOURCES, content_tokens, file_key, fts_query, \
+    name_words, query_tokens, quote_token
 from .records import TermMatch
 
 TERMS_TABLE = "photo_terms"
@@ -67,7 +67,8 @@ def expected_rows(conn: sa.Connection, ids: Sequence[int] | None = None) -> dict
     out = {}
     for image_id, path, root in images:
         nw = name_words(path, root)
-        out[image_id] = ("\n".join(texts.get(image_id, ())), " ".join(nw.name), " ".join(nw.folder))
+        name = " ".join(nw.name) or file_key(path) or ""  # a camera-made name: its one file key token
+        out[image_id] = ("\n".join(texts.get(image_id, ())), name, " ".join(nw.folder))
     return out
 
 

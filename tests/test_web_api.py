@@ -141,8 +141,8 @@ def empty_app(tmp_path_factory):
     state.close()
 
 
-def search(app: App, query: str, k: int = 5, min_score: float = 0.0, rerank: bool = False):
-    gallery, status, hits = app.client.predict(query, k, min_score, rerank, api_name="/search")
+def search(app: App, query: str, k: int = 5, min_relevance: float = 0.0, rerank: bool = False):
+    gallery, status, hits = app.client.predict(query, k, min_relevance, rerank, api_name="/search")
     return gallery, status, hits
 
 
@@ -163,7 +163,7 @@ def test_search_ranks_expected_photo_first(app, query, expected):
     assert hits[0]["name"] == expected
     assert hits[0]["photo"] == str(app.photos / expected)
     assert len(gallery) == len(hits) == 5
-    assert expected in gallery[0]["caption"] and f"{hits[0]['score']:.2f}" in gallery[0]["caption"]
+    assert expected in gallery[0]["caption"] and f"{hits[0]['relevance']:.2f}" in gallery[0]["caption"]
     assert "5 photos" in status
 
 
@@ -189,16 +189,17 @@ def test_search_caption_label_has_a_caption(app):
 def test_empty_query_and_threshold_messages(app):
     gallery, status, hits = search(app, "   ")
     assert gallery == [] and not hits and "Type a few words" in status
-    gallery, status, hits = search(app, "a cat", min_score=0.99)
-    assert gallery == [] and "No photo scores at least 0.99" in status
+    gallery, status, hits = search(app, "a cat", min_relevance=10)
+    assert gallery == [] and "No photo has a relevance of at least 10.0" in status
 
 
-def test_top_k_and_min_score(app):
+def test_top_k_and_min_relevance(app):
     _, _, hits = search(app, "a cat", k=12)
-    assert len(hits) == 12
-    cut = hits[2]["score"]
-    _, _, above = search(app, "a cat", k=12, min_score=round(cut, 2))
-    assert 1 <= len(above) < 12 and all(h["score"] >= round(cut, 2) for h in above)
+    assert len(hits) == 12 and hits == sorted(hits, key=lambda h: -h["relevance"])
+    cut = round(hits[2]["relevance"], 1)
+    _, _, above = search(app, "a cat", k=12, min_relevance=cut)
+    assert 1 <= len(above) < 12 and all(h["relevance"] >= cut for h in above)
+    assert [h["name"] for h in above] == [h["name"] for h in hits if h["relevance"] >= cut]
 
 
 def test_photo_details(app):
@@ -284,8 +285,8 @@ def test_search_rerank_reorders_the_top_k(rerank_app):
     assert [h["score"] for h in hits] == [next(p["score"] for p in plain if p["name"] == n) for n in names]
     assert hits[0]["match"] > 0.9 and all(0.0 <= h["match"] <= 1.0 for h in hits[:5])
     assert all(h["match"] is None for h in hits[5:])
-    m = re.match(r"(\d\.\d\d) · match (\d\.\d\d) · (\S+)", gallery[0]["caption"])
-    assert m and m.group(1) == f"{hits[0]['score']:.2f}" and m.group(2) == f"{hits[0]['match']:.2f}"
+    m = re.match(r"(-?\d+\.\d\d) · match (\d\.\d\d) · (\S+)", gallery[0]["caption"])
+    assert m and m.group(1) == f"{hits[0]['relevance']:.2f}" and m.group(2) == f"{hits[0]['match']:.2f}"
     assert m.group(3) == target["name"]
     assert " · match " not in gallery[5]["caption"]
 

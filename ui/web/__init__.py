@@ -6,7 +6,7 @@ build one tab and wire its events; ``app`` puts them together (``build_app``) an
 (``launch``) with the file-serving rules locked down to the indexed folders and the thumbnail cache.
 
 Endpoints (for gradio_client; parameters added later come last, with defaults):
-  /search(query, k, min_score, rerank, taken_after="", taken_before="", folders=[], sort="relevance",
+  /search(query, k, min_relevance, rerank, taken_after="", taken_before="", folders=[], sort="relevance",
           not_text="", offset=0) -> (gallery, status, hits)
   /find_by_photo(image, k, rerank=False, text="") -> (status, captions table, similar photos)
   /photo_details(path), /library_info(), /reindex().

@@ -65,7 +65,7 @@ def gallery(state: AppState, results: list[Result]) -> tuple[list[tuple[str, str
         thumb = state.thumbnail(r)
         if thumb is None:
             continue  # unreadable since it was indexed (deleted or replaced): nothing to show
-        label = f"{r.hit.score:.2f} · "
+        label = f"{r.hit.score if r.hit.relevance is None else r.hit.relevance:.2f} · "  # relevance: the ranking
         if r.hit.match is not None:  # reranked: the reranker's match probability
             label += f"match {r.hit.match:.2f} · "
         label += r.name

@@ -1,6 +1,6 @@
 """The Search page: a text query, its filters and options, the results gallery and the detail view of a photo.
 
-Endpoints: ``/search(query, k, min_score, rerank, taken_after="", taken_before="", folders=[],
+Endpoints: ``/search(query, k, min_relevance, rerank, taken_after="", taken_before="", folders=[],
 sort="relevance", not_text="", offset=0) -> (gallery, status, hits)`` (clients of the first four
 parameters keep working) and ``/photo_details(path)``.
 """
@@ -30,6 +30,7 @@ from .render import (
 from .state import DEFAULT_K, QUERY_CONCURRENCY, AppState, Result, allow_current_folders
 
 MAX_K = 100
+MAX_RELEVANCE = 10.0  # the "Minimum relevance" slider's top: few photos stand this far above a query's typical one
 MAX_DEPTH = 1000  # "Show more" (and the API's offset) pages through at most this many best photos
 SORT_CHOICES = [("Relevance", "relevance"), ("Date taken", "date")]
 # Errors that say what to change in the query: shown as information, not as a failure.
@@ -67,14 +68,14 @@ def whole(value: Any, what: str) -> int:
         raise QueryError(f"{what} must be a whole number, not {str(value)[:40]!r}") from None
 
 
-def score_floor(value: Any) -> float | None:
-    """The "Minimum score" slider as a floor on the pixel score (None at 0: no floor)."""
+def relevance_floor(value: Any) -> float | None:
+    """The "Minimum relevance" slider as a floor on a hit's relevance (None at 0: no floor)."""
     try:
         floor = float(value or 0)
     except (TypeError, ValueError):
-        raise QueryError(f"minimum score must be a number, not {str(value)[:40]!r}") from None
+        raise QueryError(f"minimum relevance must be a number, not {str(value)[:40]!r}") from None
     if floor != floor:  # NaN
-        raise QueryError("minimum score must be a number, not NaN")
+        raise QueryError("minimum relevance must be a number, not NaN")
     return floor or None
 
 
@@ -89,7 +90,7 @@ def make_query(q: str, top_k: Any, threshold: Any, rerank: bool, taken_after: An
         raise QueryError(f"offset must be from 0 to {MAX_DEPTH - k} (at most the {MAX_DEPTH} best photos "
                          f"are paged through: narrow the search with filters), not {start}")
     return SearchQuery(
-        text=q, k=k, min_score=score_floor(threshold), rerank=bool(rerank),
+        text=q, k=k, min_relevance=relevance_floor(threshold), rerank=bool(rerank),
         taken_after=day_of(taken_after, "taken after"), taken_before=day_of(taken_before, "taken before"),
         folders=folders_of(folders), sort=str(sort or "relevance"), not_texts=not_texts_of(not_text),
         offset=start)
@@ -133,7 +134,8 @@ def build_search_page(demo: gr.Blocks, state: AppState) -> Callable[[], None]:
                             info="date: newest first", elem_id="sort"))
         with gr.Row():
             k = as_sent(gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Results (top-k)"))
-            min_score = as_sent(gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Minimum score"))
+            min_relevance = as_sent(gr.Slider(0.0, MAX_RELEVANCE, value=0.0, step=0.1, label="Minimum relevance",
+                                          info="standard deviations above the query's typical photo"))
             rerank = gr.Checkbox(label="Rerank", value=False, interactive=has_reranker,
                                  info=RERANK_INFO_ON if has_reranker else RERANK_INFO_OFF,
                                  elem_id="rerank")
@@ -154,7 +156,7 @@ def build_search_page(demo: gr.Blocks, state: AppState) -> Callable[[], None]:
                 with gr.Column(scale=2):
                     detail_md = gr.Markdown(elem_id="detail-md")
 
-    inputs = [query, k, min_score, rerank, taken_after, taken_before, folders, sort, not_box, offset]
+    inputs = [query, k, min_relevance, rerank, taken_after, taken_before, folders, sort, not_box, offset]
 
     def wire_events() -> None:
         def run(inputs: list, earlier: dict | None = None) -> tuple:
@@ -177,8 +179,9 @@ def build_search_page(demo: gr.Blocks, state: AppState) -> Callable[[], None]:
             except ImgSearchError as e:
                 return [], msg("error", str(e)), [], {}, *hidden
             if not found and not earlier:
-                threshold = sq.min_score
-                text = (f"No photo scores at least {threshold:.2f} for “{q.strip()}”: lower the minimum score."
+                threshold = sq.min_relevance
+                text = (f"No photo has a relevance of at least {threshold:.1f} for “{q.strip()}”: lower the "
+                        "minimum relevance."
                         if threshold else f"No photos match “{q.strip()}”{describe(sq)}.")
                 return [], msg("info", text), [], {}, *hidden
             allow_current_folders(demo, state)

@@ -13,7 +13,7 @@ import numpy as np
 from retrieval.settings import Settings
 
 # the `imgsearch bench` option defaults, read when the parser imports this module
-BENCHES = ("model", "index224", "index12mp", "query", "filter", "reindex", "rerank")
+BENCHES = ("model", "index224", "index12mp", "query", "filter", "hybrid", "reindex", "rerank")
 OPTIONAL_BENCHES = ("ray",)  # run only when named in --only (starts a Ray runtime; needs imgsearch[ray])
 
 
@@ -32,6 +32,7 @@ class BenchConfig:
     photos_12mp: int = 128
     model_photos: int = 256
     reindex_files: int = 100_000
+    hybrid_photos: int = 100_000  # the library the hybrid bench times text search on
     batch_size: int = 32
     workers: int | None = None
     rerank_model: str = "default"
@@ -47,12 +48,13 @@ class BenchConfig:
 
     def quicken(self) -> None:
         """Small sizes for CI smoke tests: seconds, not minutes (the *_1m / *_100k keys then hold
-        the largest size run, named by query_largest_n and reindex_files)."""
+        the largest size run, named by query_largest_n, reindex_files and hybrid_n)."""
         self.quick = True
         self.sizes = (2_000, 10_000)
         self.ef_values = (32, 128)
         self.photos_224, self.photos_12mp, self.model_photos = 16, 8, 32
         self.reindex_files = 2_000
+        self.hybrid_photos = 5_000
         self.rerank_photos = 32
         self.ray_photos, self.ray_shard_size = 16, 4
 
@@ -149,6 +151,12 @@ def run(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         res["filter_rows"] = rows
         res.update(summary(rows))
 
+    if "hybrid" in cfg.only:
+        from .hybrid_cost import bench_hybrid
+
+        log(f"hybrid text search beside pixels only, {cfg.hybrid_photos:,} photos")
+        res.update(bench_hybrid(cfg.hybrid_photos, dim, cfg.cache_dir, log=log))
+
     if "reindex" in cfg.only:
         from .indexing import reindex_unchanged
 
@@ -186,7 +194,7 @@ def table(res: dict) -> list[str]:
     """The human-readable summary."""
     lines = [f"{'figure':40} {'value':>12}"]
     for k, v in res.items():
-        if k in ("query_rows", "filter_rows"):
+        if k in ("query_rows", "filter_rows", "hybrid_rows"):
             continue
         if isinstance(v, float):
             lines.append(f"{k:40} {v:12.3f}")
@@ -210,4 +218,10 @@ def table(res: dict) -> list[str]:
             rec = "" if r["recall_at_10"] is None else f"{r['recall_at_10']:.3f}"
             lines.append(f"{r['n']:9d} {r['index']:6} {r['filter']:12} {r['share']:8.2%} {r['p50_ms']:8.2f} "
                          f"{r['p95_ms']:8.2f} {rec:>6} {r['path'] or ''}")
+    rows = res.get("hybrid_rows") or []
+    if rows:
+        from .hybrid_cost import table_lines
+
+        lines.append("")
+        lines.extend(table_lines(rows))
     return lines

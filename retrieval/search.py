@@ -21,6 +21,12 @@ POOL = HUB_CANDIDATES  # nearest photos (and captions) a hybrid query weighs, be
 PENALTY_CACHE_MAX = 1_000_000  # hubness penalties remembered before starting afresh
 
 
+def _passes(q: SearchQuery, score: float, relevance: float | None) -> bool:
+    """Whether a hit with this pixel score and relevance clears the query's score floors."""
+    return (q.min_score is None or score >= q.min_score) and \
+        (q.min_relevance is None or (relevance is not None and relevance >= q.min_relevance))
+
+
 @dataclass(frozen=True)
 class Hit:
     """One search result: an indexed image, and the caption that matched where the hit is a caption."""
@@ -118,8 +124,7 @@ class Searcher:
         hits = self._rank(q, allowed, max(want, self.rerank_k if q.rerank else 0))
         if q.rerank:
             hits = self.rerank_images(q.text, hits[: self.rerank_k]) + hits[self.rerank_k:]
-        hits = [h for h in hits if (q.min_score is None or h.score >= q.min_score)
-                and (q.min_relevance is None or (h.relevance is not None and h.relevance >= q.min_relevance))]
+        hits = [h for h in hits if _passes(q, h.score, h.relevance)]
         page = hits[q.offset:want]
         if q.sort == "date":  # newest first, photos without a date last, ties in relevance order
             dated = sorted((h for h in page if h.taken is not None), key=lambda h: h.taken, reverse=True)
@@ -131,7 +136,9 @@ class Searcher:
             raise EmptyIndexError(f"the index in {self.store.data_dir} holds no photos yet (run `imgsearch index DIR`)")
 
     def _rank(self, q: SearchQuery, allowed: np.ndarray | None, want: int) -> list[Hit]:
-        """Every candidate photo of a checked query, best first, scored by ``hybrid.fuse``."""
+        """The candidate photos of a checked query, best first, scored by ``hybrid.fuse``: as many as its
+        page needs (the first ``rerank_k`` when it reranks, and enough to fill the page after its
+        score floors), so only their rows are read."""
         depth = max(POOL, want)
         tvec = self.embed_text(q.text) if q.text else None
         ivec = self.embed_image(q.image) if q.image is not None else None
@@ -172,21 +179,32 @@ class Searcher:
         if q.not_texts:
             parts.negative = self._steer_away(q.not_texts, cand, vectors, captions)
         fusion = fuse_parts(parts, self.fusion)
-        rows = self.store.images(cand[fusion.order].tolist())
-        hits = []
-        for n in fusion.order:
-            i = int(cand[n])
-            row = rows.get(i)
-            if row is None:
-                continue
-            m = fusion.matched[n]
-            cap = best_caption.get((i, False)) if "caption" in m else None
-            if cap is None and ("name" in m or "folder" in m):
-                cap = best_caption.get((i, True))
-            hits.append(Hit(row.path, float(parts.pixel[n]), i, cap.text if cap else None,
-                            cap.id if cap else None, cap.source if cap else None,
-                            relevance=round(float(fusion.scores[n]), 4), matched=fusion.matched[n],
-                            taken=row.taken_at.isoformat() if row.taken_at else None))
+        order, head, need = fusion.order.tolist(), self.rerank_k if q.rerank else 0, q.offset + q.k
+        passes = [True] * len(order) if q.min_score is None and q.min_relevance is None else \
+            [_passes(q, float(parts.pixel[n]), round(float(fusion.scores[n]), 4)) for n in order]
+        hits: list[Hit] = []
+        kept = pos = 0
+        while pos < len(order) and (len(hits) < head or kept < need):
+            batch, total, good = [], len(hits), kept  # the next candidates the page needs, if all still exist
+            while pos < len(order) and (total < head or good < need):
+                batch.append(pos)
+                total, good, pos = total + 1, good + passes[pos], pos + 1
+            rows = self.store.images(cand[[order[b] for b in batch]].tolist())
+            for b in batch:
+                n = order[b]
+                i = int(cand[n])
+                row = rows.get(i)
+                if row is None:  # removed since the search found it
+                    continue
+                m = fusion.matched[n]
+                cap = best_caption.get((i, False)) if "caption" in m else None
+                if cap is None and ("name" in m or "folder" in m):
+                    cap = best_caption.get((i, True))
+                hits.append(Hit(row.path, float(parts.pixel[n]), i, cap.text if cap else None,
+                                cap.id if cap else None, cap.source if cap else None,
+                                relevance=round(float(fusion.scores[n]), 4), matched=m,
+                                taken=row.taken_at.isoformat() if row.taken_at else None))
+                kept += passes[b]
         return hits
 
     def _text_pixel_scores(self, tvec: np.ndarray | None, ids: list[int], vectors: np.ndarray) -> np.ndarray:
@@ -201,9 +219,7 @@ class Searcher:
 
     def _caption_candidates(self, tvec: np.ndarray, allowed: np.ndarray | None, depth: int) -> list[int]:
         """The photos of the captions nearest a text query (within ``allowed``)."""
-        if self.store.count_captions() == 0:
-            return []
-        _, cids = self.store.search_captions(tvec[None, :], depth)
+        _, cids = self.store.search_captions(tvec[None, :], depth)  # none found when the index holds none
         caps = self.store.captions(int(i) for i in cids[0] if i >= 0)
         image_ids = [c.image_id for c in caps.values()]
         if allowed is not None and image_ids:
@@ -247,25 +263,23 @@ class Searcher:
         n = len(cand)
         parts.caption, parts.weak = np.full(n, np.nan), np.full(n, np.nan)
         kinds: list[str | None] = [None] * n
-        best: dict[tuple[int, bool], CaptionRow] = {}
         if not rows:
-            return best
+            return {}
         sims = vectors @ tvec
         parts.caption_center, parts.caption_scale = self._caption_reference(tvec, sims)
-        where = {int(i): n for n, i in enumerate(cand)}
-        best_sim: dict[tuple[int, bool], float] = {}
-        for c, s in zip(rows, sims.tolist()):
-            n_ = where[c.image_id]
-            arr = parts.weak if c.source in WEAK_SOURCES else parts.caption
-            if not np.isfinite(arr[n_]) or s > arr[n_]:
-                arr[n_] = s
-                if c.source in WEAK_SOURCES:
-                    kinds[n_] = c.source
-            key = (c.image_id, c.source in WEAK_SOURCES)
-            if s > best_sim.get(key, -np.inf):
-                best_sim[key], best[key] = s, c
+        where = {i: n_ for n_, i in enumerate(cand.tolist())}
+        pos = np.fromiter((where[c.image_id] for c in rows), np.int64, len(rows))
+        weak = np.fromiter((c.source in WEAK_SOURCES for c in rows), bool, len(rows))
+        group = pos * 2 + weak
+        order = np.lexsort((np.arange(len(rows)), -sims, group))  # by photo and kind, best first, ties in row order
+        top = order[np.r_[True, group[order][1:] != group[order][:-1]]]  # each photo's best caption of each kind
+        real, weak_top = top[~weak[top]], top[weak[top]]
+        parts.caption[pos[real]] = sims[real]
+        parts.weak[pos[weak_top]] = sims[weak_top]
+        for r in weak_top.tolist():
+            kinds[int(pos[r])] = rows[r].source
         parts.weak_kind = kinds
-        return best
+        return {(rows[r].image_id, bool(weak[r])): rows[r] for r in top.tolist()}
 
     def _caption_reference(self, tvec: np.ndarray, sims: np.ndarray) -> tuple[float, float]:
         """Mean and spread of the query's similarity to typical captions: to the hubness bank of caption

@@ -226,5 +226,6 @@ def test_bench_quick_json_smoke(tmp_path):
     res = json.loads(proc.stdout)
     for key in ("index_12mp_photos_per_s", "model_only_photos_per_s", "query_p50_ms_1m", "query_recall_at_10_1m",
                 "open_s_1m", "reindex_unchanged_100k_s", "index_224_photos_per_s", "query_p95_ms_1m",
-                "bytes_per_photo", "search_rerank_p50_ms", "rerank_itm_only_p50_ms", "region_bytes_per_image"):
+                "bytes_per_photo", "search_rerank_p50_ms", "rerank_itm_only_p50_ms", "region_bytes_per_image",
+                "hybrid_added_p50_ms_100k"):
         assert isinstance(res[key], (int, float)) and not isinstance(res[key], bool), key

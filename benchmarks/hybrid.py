@@ -57,6 +57,13 @@ def recall(ranks: np.ndarray, mask: np.ndarray) -> dict:
     return {f"R@{k}": round(100.0 * float((ranks[mask] <= k).mean()), 1) for k in (1, 5)}
 
 
+def cutoff_table(right: np.ndarray, others: np.ndarray, n: int) -> list[dict]:
+    """What ``--min-relevance Z`` keeps of the top 10: the share of queries whose right photo stays, and the
+    wrong hits per query that stay."""
+    return [{"min_relevance": z, "right_kept_pct": round(100.0 * float((right >= z).mean()), 1),
+             "wrong_per_query": round(float((others >= z).sum()) / n, 2)} for z in (0.0, 1.0, 2.0, 3.0, 4.0)]
+
+
 def partly_captioned(data: Path, work: Path, encoder, limit: int | None) -> dict:
     """The partly captioned library protocol: R@1/R@5 per half, hybrid and pixels only."""
     from retrieval.query import SearchQuery
@@ -84,6 +91,8 @@ def partly_captioned(data: Path, work: Path, encoder, limit: int | None) -> dict
         paths = {str((lib / f"photo_{i:04d}{Path(r['image']).suffix}").absolute()): i for i, r in enumerate(dev)}
         for mode, hybrid in (("pixels only", False), ("hybrid", True)):
             ranks = np.full(n, 10 ** 6)
+            right = np.full(n, -np.inf)  # the relevance of the right photo, where it is in the top 10
+            others: list[float] = []  # the relevance of every other top-10 hit
             times = []
             for i, r in enumerate(dev):
                 t = time.perf_counter()
@@ -91,10 +100,12 @@ def partly_captioned(data: Path, work: Path, encoder, limit: int | None) -> dict
                 times.append(1000 * (time.perf_counter() - t))
                 for rank, h in enumerate(hits, 1):
                     if paths.get(h.path) == i:
-                        ranks[i] = rank
-                        break
+                        ranks[i], right[i] = min(ranks[i], rank), h.relevance
+                    else:
+                        others.append(h.relevance)
             out[mode] = {"captioned": recall(ranks, captioned), "uncaptioned": recall(ranks, ~captioned),
-                         "all": recall(ranks, np.ones(n, bool)), "query_ms_p50": round(float(np.median(times)), 1)}
+                         "all": recall(ranks, np.ones(n, bool)), "query_ms_p50": round(float(np.median(times)), 1),
+                         "cutoff": cutoff_table(right, np.asarray(others), n)}
             _log(f"{mode}: {out[mode]}")
     return out
 
@@ -152,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         m = pc[mode]
         print(f"{mode:14} {m['captioned']['R@1']:>9} / {m['captioned']['R@5']:<6} {m['uncaptioned']['R@1']:>6} / "
               f"{m['uncaptioned']['R@5']:<6} {m['all']['R@1']:>6} / {m['all']['R@5']:<6} {m['query_ms_p50']:>7}")
+    print("--min-relevance Z on the hybrid top 10: right photo kept (% of queries), wrong hits left per query")
+    for row in pc["hybrid"]["cutoff"]:
+        print(f"  Z {row['min_relevance']:>3}: {row['right_kept_pct']:>5} %  {row['wrong_per_query']:>5}")
     print("words (rank of the photo holding them; pixels only -> hybrid):")
     for w in res["words"]:
         print(f"  {w['query']!r:40} {w['pixels only']} -> {w['hybrid']}  {w.get('matched', '')}")

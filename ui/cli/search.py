@@ -81,12 +81,14 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def _lines(hits: Sequence[Any]) -> list[str]:
-    """One ranked line per hit (score, path), then what it matched on and its caption where there is one."""
+    """One ranked line per hit (relevance, or score where a hit has none; path), then what it matched on and
+    its caption where there is one."""
     lines = []
     for rank, h in enumerate(hits, 1):
-        line = f"{rank:3d}  {h.score:6.3f}  {h.path}"
+        value = h.score if getattr(h, "relevance", None) is None else h.relevance
+        line = f"{rank:3d}  {value:6.2f}  {h.path}"
         if h.match is not None:
-            line = f"{rank:3d}  {h.score:6.3f}  match {h.match:5.3f}  {h.path}"
+            line = f"{rank:3d}  {value:6.2f}  match {h.match:5.3f}  {h.path}"
         notes = []
         if getattr(h, "matched", None) and tuple(h.matched) != ("pixels",):
             notes.append("matched " + ", ".join(h.matched))

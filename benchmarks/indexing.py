@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 import os
+import contextlib
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -63,6 +64,60 @@ def model_only(encoder, n: int, batch_size: int) -> float:
         encoder.encode_pixels(x)
         done += batch_size
     return done / (time.perf_counter() - t)
+
+
+def engines(encoder) -> list[str]:
+    """The inference engines an encoder can be switched between: torch and onnx when it runs on ONNX Runtime."""
+    return ["torch", "onnx"] if getattr(encoder, "engine", None) == "onnx" else []
+
+
+@contextlib.contextmanager
+def engine(encoder, name: str) -> Iterator[None]:
+    """Run ``encoder`` on engine ``name`` (``torch`` or ``onnx``) inside the block."""
+    before = encoder.engine
+    encoder.engine = name
+    try:
+        yield
+    finally:
+        encoder.engine = before
+
+
+def model_only_by_engine(encoder, n: int, batch_size: int) -> dict:
+    """``model_only_photos_per_s`` (the encoder's own engine) and, when it runs on ONNX Runtime, the
+    figures of torch and onnx side by side (``..._torch``, ``..._onnx``) and their ratio."""
+    names = engines(encoder)
+    if not names:
+        return {"model_only_photos_per_s": model_only(encoder, n, batch_size)}
+    res = {}
+    for name in names:
+        with engine(encoder, name):
+            res[f"model_only_photos_per_s_{name}"] = model_only(encoder, n, batch_size)
+    res["model_only_photos_per_s"] = res[f"model_only_photos_per_s_{encoder.engine}"]
+    res["model_only_onnx_vs_torch"] = res["model_only_photos_per_s_onnx"] / res["model_only_photos_per_s_torch"]
+    return res
+
+
+def text_latency_by_engine(encoder, texts: list[str]) -> dict:
+    """p50 milliseconds to embed one text query (``text_encode_p50_ms``), per engine as ``model_only_by_engine``."""
+    def p50() -> float:
+        encoder.encode_texts(texts[:1])  # warm up (trace or export)
+        lat = []
+        for t in texts:
+            t0 = time.perf_counter()
+            encoder.encode_texts([t])
+            lat.append((time.perf_counter() - t0) * 1000)
+        return float(np.percentile(lat, 50))
+
+    names = engines(encoder)
+    if not names:
+        return {"text_encode_p50_ms": p50()}
+    res = {}
+    for name in names:
+        with engine(encoder, name):
+            res[f"text_encode_p50_ms_{name}"] = p50()
+    res["text_encode_p50_ms"] = res[f"text_encode_p50_ms_{encoder.engine}"]
+    res["text_encode_onnx_vs_torch"] = res["text_encode_p50_ms_onnx"] / res["text_encode_p50_ms_torch"]
+    return res
 
 
 def stage_times(encoder, folder: Path, n: int) -> dict:

@@ -78,11 +78,11 @@ def run(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     res["dim"] = dim
 
     if "model" in cfg.only or "index12mp" in cfg.only:
-        from .indexing import model_only
+        from .indexing import model_only_by_engine
 
         log(f"model only: {encoder.spec}, batch {cfg.batch_size}")
-        res["model_only_photos_per_s"] = model_only(encoder, cfg.model_photos, cfg.batch_size)
-        log(f"  {res['model_only_photos_per_s']:.1f} photos/s")
+        res.update(model_only_by_engine(encoder, cfg.model_photos, cfg.batch_size))
+        log("  " + ", ".join(f"{k} {v:.1f}" for k, v in res.items() if k.startswith("model_only_photos_per_s")))
 
     for kind, key, n in (("224", "index224", cfg.photos_224), ("12mp", "index12mp", cfg.photos_12mp)):
         if key not in cfg.only:
@@ -103,14 +103,11 @@ def run(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
 
     if "query" in cfg.only and encoder is not None:
         texts = [f"a photo of {w} playing in the snow" for w in ("two dogs", "a child", "people", "a cat")] * 10
-        encoder.encode_texts(texts[:1])
-        lat = []
-        for t in texts:
-            t0 = time.perf_counter()
-            encoder.encode_texts([t])
-            lat.append((time.perf_counter() - t0) * 1000)
-        res["text_encode_p50_ms"] = float(np.percentile(lat, 50))
-        log(f"text query embedding: p50 {res['text_encode_p50_ms']:.1f} ms")
+        from .indexing import text_latency_by_engine
+
+        res.update(text_latency_by_engine(encoder, texts))
+        log("text query embedding: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()
+                                                 if k.startswith("text_encode_p50_ms")))
 
     if "query" in cfg.only:
         from retrieval.store import IndexParams

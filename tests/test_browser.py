@@ -188,7 +188,7 @@ def test_search_page(page):
     rerank.check()  # re-runs the search, reranked
     page.locator("#status-line").get_by_text("(reranked)").wait_for()
     labels = page.locator("#results .thumbnail-item .caption-label").all_inner_texts()
-    assert labels and all(re.match(r"\d\.\d\d · match \d\.\d\d · ", t) for t in labels), labels[:3]
+    assert labels and all(re.match(r"-?\d+\.\d\d · match \d\.\d\d · ", t) for t in labels), labels[:3]
     assert any("cat_chelsea.png" in t for t in labels)  # the same photos, in the reranker's order
     page.screenshot(path=str(ARTIFACTS / "search-reranked.png"), full_page=True)
 

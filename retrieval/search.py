@@ -16,9 +16,16 @@ from .rerank import DEFAULT_RERANK_K, Reranker, fuse
 from .rerank.base import caption_alpha_of
 from .query import ImageInput, SearchQuery, clean_text
 from .store import CaptionRow, Store
+from .store.caption_map import CaptionSet
 
 POOL = HUB_CANDIDATES  # nearest photos (and captions) a hybrid query weighs, beside its word matches
 PENALTY_CACHE_MAX = 1_000_000  # hubness penalties remembered before starting afresh
+
+
+def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix @ vector`` on the calling thread: one query's products are small, and BLAS's thread team
+    (stalled behind FAISS's and torch's OpenMP teams on a busy machine) costs far more to wake than they do."""
+    return np.einsum("ij,j->i", matrix, vector)
 
 
 def _passes(q: SearchQuery, score: float, relevance: float | None) -> bool:
@@ -152,9 +159,10 @@ class Searcher:
         center, scale = float(scores[:POOL].mean()), float(scores[:POOL].std())
         pool = dict.fromkeys(ids.tolist())
         pixel = dict(zip(ids.tolist(), scores.tolist()))
-        words = self._words(q.text, allowed, depth) if tvec is not None and q.hybrid else {}
+        words: dict = {}
         if tvec is not None and q.hybrid:
             pool.update(dict.fromkeys(self._caption_candidates(tvec, allowed, depth)))
+            words = self._words(q.text, allowed, depth, list(pool))
             pool.update(dict.fromkeys(words))
         if ivec is not None and tvec is not None:
             _, extra = self.store.search_images(ivec[None, :], depth, ids=allowed)
@@ -169,13 +177,13 @@ class Searcher:
                 else self.store.image_vectors(missing)
             pixel.update(zip(missing, self._text_pixel_scores(tvec, missing, vecs).tolist()))
         parts = Parts(pixel=np.array([pixel[int(i)] for i in cand]), pixel_center=center, pixel_scale=scale)
-        best_caption: dict[tuple[int, bool], CaptionRow] = {}
-        captions = self._captions_of(cand) if tvec is not None and q.hybrid else None
+        best_caption = None
+        captions = self.store.caption_set(cand) if tvec is not None and q.hybrid else None
         if captions is not None:
             best_caption = self._caption_parts(parts, tvec, cand, captions)
             self._word_parts(parts, cand, words)
         if ivec is not None and tvec is not None:
-            parts.image = vectors @ ivec
+            parts.image = dot_rows(vectors, ivec)
         if q.not_texts:
             parts.negative = self._steer_away(q.not_texts, cand, vectors, captions)
         fusion = fuse_parts(parts, self.fusion)
@@ -190,6 +198,7 @@ class Searcher:
                 batch.append(pos)
                 total, good, pos = total + 1, good + passes[pos], pos + 1
             rows = self.store.images(cand[[order[b] for b in batch]].tolist())
+            texts = self._caption_texts(captions, best_caption, cand, [order[b] for b in batch], fusion.matched)
             for b in batch:
                 n = order[b]
                 i = int(cand[n])
@@ -197,9 +206,7 @@ class Searcher:
                 if row is None:  # removed since the search found it
                     continue
                 m = fusion.matched[n]
-                cap = best_caption.get((i, False)) if "caption" in m else None
-                if cap is None and ("name" in m or "folder" in m):
-                    cap = best_caption.get((i, True))
+                cap = texts.get(i)
                 hits.append(Hit(row.path, float(parts.pixel[n]), i, cap.text if cap else None,
                                 cap.id if cap else None, cap.source if cap else None,
                                 relevance=round(float(fusion.scores[n]), 4), matched=m,
@@ -211,7 +218,7 @@ class Searcher:
         """Pixel scores of photos found another way: cosine, less the hubness penalty for a text query."""
         if tvec is None:
             return np.zeros(len(ids), np.float32)
-        scores = vectors @ tvec
+        scores = dot_rows(vectors, tvec)
         hub = self.hubness
         if hub is not None and "image" in hub.sides:
             scores = scores - self._penalties(hub, "image", np.asarray(ids, np.int64))
@@ -220,35 +227,48 @@ class Searcher:
     def _caption_candidates(self, tvec: np.ndarray, allowed: np.ndarray | None, depth: int) -> list[int]:
         """The photos of the captions nearest a text query (within ``allowed``)."""
         _, cids = self.store.search_captions(tvec[None, :], depth)  # none found when the index holds none
-        caps = self.store.captions(int(i) for i in cids[0] if i >= 0)
-        image_ids = [c.image_id for c in caps.values()]
-        if allowed is not None and image_ids:
-            image_ids = np.asarray(image_ids, np.int64)[np.isin(image_ids, allowed)].tolist()
-        return image_ids
+        cids = cids[0][cids[0] >= 0]
+        image_ids = self.store.caption_images(np.unique(cids)) if len(cids) else np.zeros(0, np.int64)
+        image_ids = image_ids[image_ids >= 0]
+        if allowed is not None and len(image_ids):
+            image_ids = image_ids[np.isin(image_ids, allowed)]
+        return image_ids.tolist()
 
-    def _words(self, text: str, allowed: np.ndarray | None, depth: int) -> dict:
-        """Lexical matches of a text query (image id -> TermMatch), within ``allowed``."""
-        matches = self.store.match_terms(text, limit=max(depth, POOL))
+    def _caption_texts(self, captions: CaptionSet | None, best: np.ndarray | None, cand: np.ndarray,
+                       picked: list[int], matched: list[tuple[str, ...]]) -> dict[int, CaptionRow]:
+        """image id -> the caption a hit shows (its best real caption where it matched on one, else its best
+        name or folder caption where it matched on that), read for the picked candidates only."""
+        if captions is None or best is None:
+            return {}
+        want: dict[int, int] = {}
+        for n in picked:
+            m = matched[n]
+            r = int(best[n, 0]) if "caption" in m else -1
+            if r < 0 and ("name" in m or "folder" in m):
+                r = int(best[n, 1])
+            if r >= 0:
+                want[int(cand[n])] = r
+        rows = self.store.captions(int(captions.ids[r]) for r in want.values())
+        return {i: rows[int(captions.ids[r])] for i, r in want.items() if int(captions.ids[r]) in rows}
+
+    def _words(self, text: str, allowed: np.ndarray | None, depth: int, pool: list[int]) -> dict:
+        """Lexical matches of a text query (image id -> TermMatch), within ``allowed``; the ``pool`` photos
+        (nearest by pixels and captions) are scored too when the query holds only common words."""
+        matches = self.store.match_terms(text, limit=max(depth, POOL), candidates=pool)
         if allowed is not None and matches:
             keep = set(np.asarray(list(matches), np.int64)[np.isin(list(matches), allowed)].tolist())
             matches = {i: m for i, m in matches.items() if i in keep}
         return matches
 
-    def _captions_of(self, cand: np.ndarray) -> tuple[list[CaptionRow], np.ndarray]:
-        """Every caption of the candidate photos, and their stored vectors."""
-        caps = self.store.captions_of(cand.tolist())
-        rows = [c for i in cand.tolist() for c in caps.get(i, [])]
-        return rows, (self.store.caption_vectors([c.id for c in rows]) if rows else np.zeros((0, 1), np.float32))
-
     def _steer_away(self, texts: tuple[str, ...], cand: np.ndarray, vectors: np.ndarray,
-                    captions: tuple[list[CaptionRow], np.ndarray] | None) -> np.ndarray:
+                    captions: CaptionSet | None) -> np.ndarray:
         """Each candidate's fused score for the texts to steer away from (the best over them): what its
         pixels and, in a hybrid search, its captions and names say of them."""
         hub = self.hubness
         penalty = self._penalties(hub, "image", cand) if hub is not None and "image" in hub.sides else 0.0
         worst = np.full(len(cand), -np.inf)
         for nvec in self.encoder.encode_texts(list(texts)):
-            pixel = vectors @ nvec - penalty
+            pixel = dot_rows(vectors, nvec) - penalty
             parts = Parts(pixel=pixel, pixel_center=float(pixel.mean()), pixel_scale=float(pixel.std()))
             if captions is not None:
                 self._caption_parts(parts, nvec, cand, captions)
@@ -256,37 +276,38 @@ class Searcher:
         return worst
 
     def _caption_parts(self, parts: Parts, tvec: np.ndarray, cand: np.ndarray,
-                       captions: tuple[list[CaptionRow], np.ndarray]) -> dict[tuple[int, bool], CaptionRow]:
-        """Fill the caption parts (best real and weak caption similarity to ``tvec``); each photo's best real
-        caption (key ``(id, False)``) and best weak one (``(id, True)``)."""
-        rows, vectors = captions
+                       captions: CaptionSet) -> np.ndarray | None:
+        """Fill the caption parts (best real and weak caption similarity to ``tvec``); (n, 2): the row in
+        ``captions`` of each candidate's best real caption and best weak one (-1 where it has none)."""
         n = len(cand)
         parts.caption, parts.weak = np.full(n, np.nan), np.full(n, np.nan)
-        kinds: list[str | None] = [None] * n
-        if not rows:
-            return {}
-        sims = vectors @ tvec
+        if not len(captions):
+            return None
+        sims = dot_rows(captions.vectors, tvec)
         parts.caption_center, parts.caption_scale = self._caption_reference(tvec, sims)
-        where = {i: n_ for n_, i in enumerate(cand.tolist())}
-        pos = np.fromiter((where[c.image_id] for c in rows), np.int64, len(rows))
-        weak = np.fromiter((c.source in WEAK_SOURCES for c in rows), bool, len(rows))
+        by_id = np.argsort(cand, kind="stable")
+        pos = by_id[np.searchsorted(cand, captions.image_ids, sorter=by_id)]
+        weak = captions.of_sources(WEAK_SOURCES)
+        rows = np.arange(len(captions))
         group = pos * 2 + weak
-        order = np.lexsort((np.arange(len(rows)), -sims, group))  # by photo and kind, best first, ties in row order
+        order = np.lexsort((rows, -sims, group))  # by photo and kind, best first, ties in row order
         top = order[np.r_[True, group[order][1:] != group[order][:-1]]]  # each photo's best caption of each kind
         real, weak_top = top[~weak[top]], top[weak[top]]
         parts.caption[pos[real]] = sims[real]
         parts.weak[pos[weak_top]] = sims[weak_top]
-        for r in weak_top.tolist():
-            kinds[int(pos[r])] = rows[r].source
-        parts.weak_kind = kinds
-        return {(rows[r].image_id, bool(weak[r])): rows[r] for r in top.tolist()}
+        kinds = np.full(n, None, object)
+        kinds[pos[weak_top]] = np.array(captions.source_names, object)[captions.source_codes[weak_top]]
+        parts.weak_kind = kinds.tolist()
+        best = np.full((n, 2), -1, np.int64)
+        best[pos[real], 0], best[pos[weak_top], 1] = real, weak_top
+        return best
 
     def _caption_reference(self, tvec: np.ndarray, sims: np.ndarray) -> tuple[float, float]:
         """Mean and spread of the query's similarity to typical captions: to the hubness bank of caption
         vectors where the encoder ships one, else to the candidates' own captions (``sims``)."""
         hub = getattr(self.encoder, "hubness", None)
         side = hub.sides.get("image") if hub is not None else None
-        ref = side.bank @ tvec if side is not None and len(side.bank) >= 2 else sims
+        ref = dot_rows(side.bank, tvec) if side is not None and len(side.bank) >= 2 else sims
         if len(ref) < 2:
             return float(ref.mean()) if len(ref) else 0.0, 1.0
         return float(ref.mean()), float(max(ref.std(), 1e-3))

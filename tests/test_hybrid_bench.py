@@ -30,6 +30,8 @@ def test_hybrid_bench_reports_both_paths_and_caches_its_library(tmp_path):
     assert res["hybrid_added_p50_ms_100k"] == res["hybrid_p50_ms_100k"] - res["pixels_p50_ms_100k"]
     assert res["hybrid_min_hits"] == 10  # every hybrid query, an absent word too, returned k photos
     assert res["hybrid_queries_with_word_hits"] > 0
+    assert res["hybrid_caption_map_bytes"] > 0 and res["hybrid_terms_cache_tokens"] > 0  # the caches were used
+    assert res["hybrid_first_query_ms"] > 0 and res["pixels_first_query_ms"] > 0
     paths = {(r["path"], r["queries"]) for r in res["hybrid_rows"]}
     assert {("pixels", "all"), ("hybrid", "all"), ("hybrid", "rare"), ("pixels", "absent")} <= paths
     assert all(r["p95_ms"] >= r["p50_ms"] > 0 for r in res["hybrid_rows"])

@@ -7,6 +7,7 @@ captions rewrites its lexical-index row (``terms_index``) in the same transactio
 
 from __future__ import annotations
 
+import datetime
 import time
 from typing import Iterable, Sequence
 
@@ -14,19 +15,37 @@ import numpy as np
 import sqlalchemy as sa
 
 from ..terms import WEAK_CAPTION_SOURCES
+from .caption_map import CaptionSet, caption_set_of
 from .database import Database
 from .records import CaptionRow, FileState, ImageRecord, ImageRow
 from .regions import check_region_shape, insert_regions, quantise_regions
 from .schema import (REGION_KEY_META, SQL_CHUNK, captions_table, folders_table, image_vectors_table, images_table,
                      meta_table, regions_table, skipped_table)
-from .terms_index import clear_rows, delete_rows, refresh_rows
+from .terms_index import TERMS_GENERATION, clear_rows, delete_rows, refresh_rows
 
-KEPT_META = ("schema_version", "generation")  # meta keys a clear keeps (it drops bindings and sync markers)
+# meta keys a clear keeps (it drops bindings and sync markers): counters only ever go up
+KEPT_META = ("schema_version", "generation", TERMS_GENERATION)
 
 
 def to_blob(vector: np.ndarray) -> bytes:
     """A vector as the float32 bytes SQLite stores."""
     return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def parse_datetime(value: str | None) -> datetime.datetime | None:
+    """A DateTime column as SQLAlchemy writes it to SQLite (ISO text), read back without SQLAlchemy."""
+    return datetime.datetime.fromisoformat(value) if value else None
+
+
+def raw_rows(conn: sa.Connection, sql: str, ids: Sequence[int]) -> list[tuple]:
+    """The rows of ``sql`` (whose ``IN ({})`` takes the ids) for these ids, chunk by chunk, on the raw sqlite3
+    cursor of ``conn`` (same transaction): on the query path SQLAlchemy's per-row objects are slow."""
+    raw = conn.connection.driver_connection
+    out: list[tuple] = []
+    for i in range(0, len(ids), SQL_CHUNK):
+        chunk = ids[i:i + SQL_CHUNK]
+        out += raw.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
+    return out
 
 
 class Catalog:
@@ -217,15 +236,13 @@ class Catalog:
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
         """id -> ImageRow for the ids that exist."""
-        ids = [int(i) for i in ids]
+        # The raw sqlite3 cursor (as every read on the query path): SQLAlchemy's per-row objects are slow.
+        sql = ("SELECT i.id, i.path, i.size, i.mtime_ns, i.hash, i.width, i.height, i.format, i.taken_at, f.path "
+               "FROM images i JOIN folders f ON f.id = i.folder_id WHERE i.id IN ({})")
         out: dict[int, ImageRow] = {}
-        c = images_table.c
         with self.db.connect() as conn:
-            for i in range(0, len(ids), 500):
-                q = (sa.select(c.id, c.path, c.size, c.mtime_ns, c.hash, c.width, c.height, c.format, c.taken_at,
-                               folders_table.c.path.label("folder"))
-                     .join(folders_table, folders_table.c.id == c.folder_id).where(c.id.in_(ids[i:i + 500])))
-                out.update({r.id: ImageRow(**r._mapping) for r in conn.execute(q)})
+            for r in raw_rows(conn, sql, [int(i) for i in ids]):
+                out[r[0]] = ImageRow(*r[:8], parse_datetime(r[8]), r[9])
         return out
 
     def image_by_path(self, path: str) -> ImageRow | None:
@@ -239,14 +256,15 @@ class Catalog:
         return self.vectors(image_vectors_table.c.image_id, image_vectors_table.c.vector, ids)
 
     def vectors(self, id_col: sa.Column, vector_col: sa.Column, ids: Sequence[int]) -> np.ndarray:
-        """The stored vectors (n, dim) of rows ``ids`` of one table, in the order asked."""
-        found: dict[int, np.ndarray] = {}
+        """The stored vectors (n, dim) of rows ``ids`` of one table, in the order asked (KeyError for an id
+        that has none)."""
+        sql = f"SELECT {id_col.name}, {vector_col.name} FROM {id_col.table.name} WHERE {id_col.name} IN ({{}})"
+        ids = [int(i) for i in ids]
         with self.db.connect() as conn:
-            for i in range(0, len(ids), 500):
-                for rid, blob in conn.execute(sa.select(id_col, vector_col).where(
-                        id_col.in_([int(x) for x in ids[i:i + 500]]))):
-                    found[rid] = np.frombuffer(blob, dtype=np.float32)
-        return np.stack([found[int(i)] for i in ids]) if len(ids) else np.zeros((0, self.db.dim()), np.float32)
+            found = dict(raw_rows(conn, sql, ids))
+        if not ids:
+            return np.zeros((0, self.db.dim()), np.float32)
+        return np.frombuffer(bytearray(b"".join([found[i] for i in ids])), dtype=np.float32).reshape(len(ids), -1)
 
     def all_vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """Every stored (ids, vectors) of "images" or "captions", as the FAISS index is built from them."""
@@ -281,16 +299,37 @@ class Catalog:
     # -- captions ---------------------------------------------------------------------------
 
     def captions_of(self, image_ids: Iterable[int]) -> dict[int, list[CaptionRow]]:
-        """image id -> its captions."""
-        ids = list(image_ids)
+        """image id -> its captions (by caption id)."""
+        ids = [int(i) for i in image_ids]
         out: dict[int, list[CaptionRow]] = {i: [] for i in ids}
-        c = captions_table.c
         with self.db.connect() as conn:
-            for i in range(0, len(ids), 500):
-                q = sa.select(c.id, c.image_id, c.text, c.source).where(c.image_id.in_(ids[i:i + 500])).order_by(c.id)
-                for r in conn.execute(q):
-                    out[r.image_id].append(CaptionRow(r.id, r.image_id, r.text, r.source))
+            rows = raw_rows(conn, "SELECT id, image_id, text, source FROM captions WHERE image_id IN ({})", ids)
+        for r in sorted(rows):
+            out[r[1]].append(CaptionRow(*r))
         return out
+
+    def caption_set(self, image_ids: Sequence[int]) -> CaptionSet:
+        """Every caption of these images with its stored vector, read from SQLite (see ``Store.caption_set``)."""
+        ids = [int(i) for i in image_ids]
+        with self.db.connect() as conn:
+            rows = raw_rows(conn, "SELECT image_id, id, source, vector FROM captions WHERE image_id IN ({})", ids)
+        rank = {i: n for n, i in enumerate(dict.fromkeys(ids))}
+        rows.sort(key=lambda r: (rank[r[0]], r[1]))  # the images in the order asked, each by caption id
+        return caption_set_of(rows, self.db.dim())
+
+    def caption_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(caption ids, their image ids) of every caption, for ``CaptionMap``: read from the image-id index
+        alone, never the rows (each holds its vector)."""
+        with self.db.connect() as conn:
+            rows = conn.connection.driver_connection.execute(
+                "SELECT id, image_id FROM captions").fetchall()  # the planner covers it with the index
+        pairs = np.array(rows, np.int64).reshape(-1, 2)
+        return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+    def caption_sources(self, ids: Sequence[int]) -> dict[int, str]:
+        """caption id -> source, for the ids that exist."""
+        with self.db.connect() as conn:
+            return dict(raw_rows(conn, "SELECT id, source FROM captions WHERE id IN ({})", [int(i) for i in ids]))
 
     def folder_captions(self, folder_id: int, sources: Sequence[str] | None = None) -> dict[int, set[tuple[str, str]]]:
         """image id -> {(text, source)} for every captioned image under one root (only captions of ``sources``
@@ -351,14 +390,10 @@ class Catalog:
 
     def captions(self, ids: Iterable[int]) -> dict[int, CaptionRow]:
         """caption id -> CaptionRow."""
-        ids = [int(i) for i in ids]
-        c = captions_table.c
-        out = {}
         with self.db.connect() as conn:
-            for i in range(0, len(ids), 500):
-                for r in conn.execute(sa.select(c.id, c.image_id, c.text, c.source).where(c.id.in_(ids[i:i + 500]))):
-                    out[r.id] = CaptionRow(r.id, r.image_id, r.text, r.source)
-        return out
+            rows = raw_rows(conn, "SELECT id, image_id, text, source FROM captions WHERE id IN ({})",
+                            [int(i) for i in ids])
+        return {r[0]: CaptionRow(*r) for r in rows}
 
     # -- skipped files ----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from ..errors import EncoderMismatchError, StoreError
+from .caption_map import CaptionMap, CaptionSet
 from .catalog import Catalog
 from .check import Checker, CheckReport
 from .database import Database
@@ -26,7 +27,7 @@ from .lock import WriterLock
 from .records import CaptionRow, EncoderInfo, FileState, ImageRecord, ImageRow, TermMatch
 from .regions import read_regions, region_info
 from .schema import DB_FILE, REGION_KEY_META, meta_table, open_engine, read_meta, regions_table, write_meta
-from .terms_index import match_terms
+from .terms_index import TERMS_GENERATION, TermsCache, match_terms
 from .vectors import DEFAULT_INDEX_PARAMS, IndexParams, VectorIndex
 
 
@@ -54,6 +55,9 @@ class Store:
         self._db.on_commit = self._faiss.apply_delta
         self._checker = Checker(self._db, self._faiss, self._lock)
         self._filters = SearchFilters(self._db, lambda: self.generation)
+        self._caption_map: CaptionMap | None = None  # see caption_set
+        self._caption_map_asked = -1  # the generation a caption map was last asked for (built on the second ask)
+        self._terms_cache = TermsCache()  # see match_terms
 
     @property
     def index_params(self) -> IndexParams:
@@ -81,8 +85,8 @@ class Store:
 
     def set_meta(self, key: str, value: str | None) -> None:
         """Set (None: delete) one value of the meta table, e.g. a sync marker; vectors are untouched, so the
-        generation does not move. ``clear`` drops every key but the schema version and the generation."""
-        if key in ("schema_version", "generation", "encoder", REGION_KEY_META):
+        generation does not move. ``clear`` drops every key but the schema version and the two generations."""
+        if key in ("schema_version", "generation", "encoder", REGION_KEY_META, TERMS_GENERATION):
             raise ValueError(f"meta key {key!r} is the store's own")
         with self._db.tracked() as conn:
             if value is None:
@@ -143,7 +147,9 @@ class Store:
     @property
     def generation(self) -> int:
         """Bumped by every committed change to the vectors (and by every untracked transaction)."""
-        return self._db.generation
+        with self._db.connect() as conn:  # read on every search: the raw sqlite3 cursor, not SQLAlchemy's
+            row = conn.connection.driver_connection.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
 
     @property
     def index_generation(self) -> int:
@@ -261,7 +267,18 @@ class Store:
 
     def image_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The stored vectors of these images, (n, dim), in the order asked."""
-        return self._catalog.image_vectors(ids)
+        return self._vectors("images", ids)
+
+    def _vectors(self, kind: str, ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors of one kind: copied from the loaded FAISS index where it reflects the committed
+        generation and no transaction is open (the same float32 values SQLite holds), else read from SQLite."""
+        vi = self._faiss.loaded.get(kind)
+        if vi is not None and len(ids) and self._db.conn is None and self._faiss.loaded_generation == self.generation:
+            vectors, found = vi.stored_vectors(np.asarray(ids, np.int64))
+            if found.all():
+                return vectors
+        read = self._catalog.image_vectors if kind == "images" else self._catalog.caption_vectors
+        return read(ids)
 
     def count_images(self) -> int:
         """How many images the store holds."""
@@ -280,17 +297,25 @@ class Store:
         when given)."""
         return self._catalog.folder_captions(folder_id, sources)
 
-    def match_terms(self, text: str, limit: int = 1000) -> dict[int, TermMatch]:
+    def match_terms(self, text: str, limit: int = 1000, candidates: Sequence[int] | None = None
+                    ) -> dict[int, TermMatch]:
         """image id -> TermMatch for the (up to) ``limit`` photos whose caption, file-name or folder words best
         match ``text`` by BM25 in the lexical index; {} when the text has no words.
 
         Every token of ``text`` is searched as a plain word (quotes, AND/OR/NOT/NEAR, ``*``, ``^``, ``:`` and
         parentheses are never FTS5 syntax), any word matching. A word matching more than
-        ``terms_index.RANK_CAP`` photos does not pick photos while the query has rarer words (it still adds to
-        their score, fields and all_words); a query of such words only is ranked in full.
+        ``terms_index.RANK_CAP`` photos is "common": it does not pick photos while the query has rarer words (it
+        still adds to their score, fields and all_words). A query of common words only returns its ``limit``
+        best by BM25 (ties by id) and also every photo of ``candidates`` (say, a search's nearest photos) that
+        holds any of its words, scored alike, so each candidate that holds every content word is known to. Its
+        words' matches are read once and kept in memory (17 bytes a match, ``terms_index.CACHE_POSTINGS`` at
+        most) until the next write to the lexical index.
         """
         with self._db.connect() as conn:
-            return match_terms(conn, text, limit)
+            # inside a transaction its uncommitted rows may roll back: use a throwaway cache
+            cache = self._terms_cache if self._db.conn is None else TermsCache()
+            cand = None if candidates is None else np.asarray(candidates, np.int64).reshape(-1)
+            return match_terms(conn, text, limit, cand, cache)
 
     def caption_vectors_for_texts(self, texts: Iterable[str]) -> dict[str, np.ndarray]:
         """Already-embedded vectors for any of these exact caption texts."""
@@ -298,7 +323,63 @@ class Store:
 
     def caption_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The stored vectors of these captions, (n, dim), in the order asked."""
-        return self._catalog.caption_vectors(ids)
+        return self._vectors("captions", ids)
+
+    def caption_set(self, image_ids: Sequence[int]) -> CaptionSet:
+        """Every caption of these photos with its stored vector, grouped by photo in the order asked, each
+        photo's by caption id. Read from the in-memory caption map and the captions' FAISS index while both
+        reflect the committed generation (checked on each call), else from SQLite: the same rows either way."""
+        ids = np.asarray(image_ids, np.int64).reshape(-1)
+        current = self._current_caption_map(build=True)
+        if current is not None:
+            cmap, vi = current
+            rows = cmap.rows_of(ids)
+            vectors, found = vi.stored_vectors(cmap.ids[rows])
+            unknown = cmap.unknown(rows)
+            if len(unknown):
+                sources = self._catalog.caption_sources(cmap.ids[unknown].tolist())
+                if self.generation == cmap.generation and len(sources) == len(unknown):  # read at the map's generation
+                    cmap.learn(unknown, [sources[int(i)] for i in cmap.ids[unknown]])
+            if found.all() and not len(cmap.unknown(rows)):
+                return cmap.caption_set(rows, vectors)
+        return self._catalog.caption_set(ids.tolist())
+
+    def caption_images(self, caption_ids: Sequence[int]) -> np.ndarray:
+        """The photo of each caption id (int64, in the order asked), -1 for captions that are gone."""
+        cids = np.asarray(caption_ids, np.int64).reshape(-1)
+        current = self._current_caption_map()
+        if current is not None:
+            return current[0].images_of(cids)
+        caps = self.captions(cids.tolist())
+        return np.array([caps[int(c)].image_id if int(c) in caps else -1 for c in cids], np.int64)
+
+    def cache_info(self) -> dict:
+        """What the query path holds in memory: the caption map's bytes (0 until a hybrid query built it), and the
+        word postings the lexical cache holds (tokens, matches, bytes)."""
+        held = self._terms_cache.held
+        return {"caption_map_bytes": self._caption_map.nbytes if self._caption_map is not None else 0,
+                "terms_tokens": len(self._terms_cache.postings), "terms_postings": held,
+                "terms_bytes": held * 17}
+
+    def _current_caption_map(self, build: bool = False) -> tuple[CaptionMap, VectorIndex] | None:
+        """The caption map and the captions' FAISS index, both at the committed generation; None while a
+        transaction is open, when a commit lands while the map is read, and until ``build`` asks for it a second
+        time at a generation (a one-off search does not pay for reading every caption): SQLite answers those."""
+        if self._db.conn is not None:
+            return None
+        vi = self.index("captions")  # reads the committed generation, and reloads the index if it moved
+        gen = self._faiss.loaded_generation
+        cmap = self._caption_map
+        if cmap is None or cmap.generation != gen:
+            self._caption_map = None
+            if not build or self._caption_map_asked != gen:
+                self._caption_map_asked = gen if build else self._caption_map_asked
+                return None
+            ids, image_ids = self._catalog.caption_index()
+            if self.generation != gen:
+                return None  # the rows just read may be newer than the index
+            cmap = self._caption_map = CaptionMap(gen, ids, image_ids)
+        return cmap, vi
 
     def add_captions(self, items: Sequence[tuple[int, str, str]], vectors: np.ndarray) -> list[int]:
         """Insert (image_id, text, source) captions with their vectors; returns their ids."""
@@ -363,10 +444,10 @@ class Store:
     def _search(self, kind: str, queries: np.ndarray, k: int,
                 ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        dim = self._db.dim()
-        if q.shape[1] != dim:
-            raise EncoderMismatchError(f"query vectors have dim {q.shape[1]}, the index holds dim {dim}")
-        return self.index(kind).search(q, k, ids=ids)
+        vi = self.index(kind)  # built or loaded for the bound encoder's dimension (EmptyIndexError without one)
+        if q.shape[1] != vi.dim:
+            raise EncoderMismatchError(f"query vectors have dim {q.shape[1]}, the index holds dim {vi.dim}")
+        return vi.search(q, k, ids=ids)
 
     def _all_vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """Every stored (ids, vectors) of one kind: what every FAISS rebuild reads."""

@@ -242,6 +242,25 @@ class VectorIndex:
         present = sorted_ids[at] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
         return ids[present], rows[at[present]]
 
+    def stored_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors held under these ids, (n, dim) in the order asked, copied from the flat storage, and a
+        bool (n,) found: False for ids the index lacks or has tombstoned, and for every id of an IVF index
+        (it keeps no flat storage)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        live, rows = (self._live_rows(ids) if len(ids) and hasattr(self.index, "id_map") and self.index.ntotal
+                      else (np.zeros(0, np.int64), None))
+        if not len(live):
+            return np.zeros((len(ids), self.dim), np.float32), np.zeros(len(ids), bool)
+        at = np.minimum(np.searchsorted(live, ids), len(live) - 1)
+        found = live[at] == ids
+        total = int(self.index.ntotal)
+        storage = faiss.rev_swig_ptr(self._flat_storage(), total * self.dim).reshape(total, self.dim)
+        if found.all():
+            return storage[rows[at]], found
+        out = np.zeros((len(ids), self.dim), np.float32)
+        out[found] = storage[rows[at[found]]]
+        return out, found
+
     def _flat_storage(self):
         """The swig float pointer of the (ntotal, dim) vectors behind a flat or HNSW index."""
         inner = faiss.downcast_index(self.index.index)

@@ -202,18 +202,21 @@ def brute_force(vecs, row_ids, allowed, queries, k):
 
 
 @pytest.mark.parametrize("index", ["flat", "hnsw"])
-@pytest.mark.parametrize("exact_max", [20_000, 0])  # 0: every filter goes through the FAISS IDSelector
-def test_exact_and_hnsw_filtered_search_agree_with_brute_force(tmp_path, synthetic, index, exact_max):
+@pytest.mark.parametrize("exact_max, post_max", [(20_000, 2048), (0, 2048), (0, 0)])  # 0, 0: FAISS IDSelector only
+def test_exact_and_hnsw_filtered_search_agree_with_brute_force(tmp_path, synthetic, index, exact_max, post_max):
     vecs, days, queries = synthetic
-    params = IndexParams(hnsw_threshold=N // 4 if index == "hnsw" else 10 * N, filter_exact_max=exact_max)
+    params = IndexParams(hnsw_threshold=N // 4 if index == "hnsw" else 10 * N, filter_exact_max=exact_max,
+                         filter_post_max=post_max)
     store, row_ids = build_store(tmp_path / "db", vecs, days, params)
     with store:
         assert store.index("images").kind == index
+        paths: set[str] = set()
         for after, before, folders in ((D(2020, 1, 11), D(2020, 1, 30), None),  # 18 photos (5 %)
                                        (D(2020, 2, 1), D(2020, 11, 30), None),  # ~half
                                        (None, None, ["/lib/2"]), (D(2020, 1, 1), D(2020, 12, 31), ["/lib/0"])):
             allowed = store.filter_ids(taken_after=after, taken_before=before, folders=folders)
             assert 0 < len(allowed) < N
+            paths |= {store.index("images").filter_strategy(len(allowed), k) for k in (1, 10, 50)}
             for k in (1, 10, 50):
                 scores, got = store.search_images(queries, k, ids=allowed)
                 want = brute_force(vecs, row_ids, allowed, queries, k)
@@ -222,6 +225,14 @@ def test_exact_and_hnsw_filtered_search_agree_with_brute_force(tmp_path, synthet
                 assert np.isin(got, allowed).all()
                 np.testing.assert_allclose(scores, np.take_along_axis(queries @ vecs.T, np.searchsorted(
                     row_ids, got), axis=1), rtol=1e-5, atol=1e-6)
+        hnsw_paths = {"post", "selector"} if post_max else {"selector"}
+        assert paths == ({"exact"} if exact_max else hnsw_paths if index == "hnsw" else {"selector"})
+        if index == "hnsw" and post_max and not exact_max:
+            # the photos farthest from a query: too few in one deeper search, so the selector runs after it
+            far = row_ids[np.argsort(queries[0] @ vecs.T)[: N // 2]]
+            assert store.index("images").filter_strategy(len(far), 10) == "post"
+            _, got = store.search_images(queries[:1], 10, ids=far)
+            assert np.array_equal(got, brute_force(vecs, row_ids, far, queries[:1], 10))
 
 
 def test_filtered_search_sees_what_unfiltered_search_sees_after_changes(tmp_path, synthetic):

@@ -25,6 +25,7 @@ INDEX_HNSW = "hnsw"
 INDEX_IVF = "ivf"
 FILTER_EXACT = "exact"
 FILTER_SELECTOR = "selector"
+FILTER_POST = "post"
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,10 @@ class IndexParams:
     storage rows). HNSW visits many more nodes than efSearch, so its default efSearch keeps its
     recall while the set holds at least ``filter_full_share`` of the index; below that, efSearch
     grows with sqrt(filter_full_share / share), and where it would pass ``filter_ef_max`` the set is
-    scored exactly instead.
+    scored exactly instead. A set large enough that an unfiltered HNSW search of depth
+    ``filter_post_margin * k / share`` (at most ``filter_post_max``, at twice the efSearch) holds k of its
+    ids is searched that way first ("post": unfiltered, then the filter); the IDSelector runs only where
+    that falls short.
     """
 
     hnsw_threshold: int = 100_000
@@ -53,6 +57,8 @@ class IndexParams:
     filter_exact_max: int = 5_000
     filter_full_share: float = 0.05
     filter_ef_max: int = 4096
+    filter_post_margin: float = 2.0
+    filter_post_max: int = 2048  # 0: never search unfiltered first
 
     def kind_for(self, n: int) -> str:
         """The index kind for ``n`` vectors: exact up to the threshold, HNSW above it."""
@@ -225,7 +231,7 @@ class VectorIndex:
     def _live_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The ids of ``ids`` the index holds and may return (sorted, no tombstones), with their rows in
         the flat vector storage (None for IVF, which keeps no such storage)."""
-        ids = np.unique(ids)
+        ids = sorted_unique(ids)
         if self.deleted:
             if self._deleted_arr is None:
                 self._deleted_arr = np.fromiter(self.deleted, dtype=np.int64)
@@ -287,18 +293,44 @@ class VectorIndex:
         share = max(1, m) / max(1, self.ntotal)
         return int(np.ceil(max(self.params.ef_search, k) * max(1.0, np.sqrt(self.params.filter_full_share / share))))
 
+    def _post_filtered(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-k of ``allowed`` (sorted) from one unfiltered search ``post_depth`` deep, or None where some query
+        found fewer than k of them there (its allowed top-k is then exactly what that search ranks first)."""
+        depth = min(self.ntotal, self.post_depth(len(allowed), k))
+        # twice the efSearch of a plain search that deep: the filtered top-k sits deep in its results
+        scores, found = self._faiss_search(q, depth, self._search_params(2 * max(self.params.ef_search, depth)))
+        at = np.minimum(np.searchsorted(allowed, found), len(allowed) - 1)
+        keep = (found >= 0) & (allowed[at] == found)
+        if (keep.sum(axis=1) < k).any():
+            return None
+        first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # each row's first k kept, in rank order
+        return np.take_along_axis(scores, first, axis=1), np.take_along_axis(found, first, axis=1)
+
+    def post_depth(self, m: int, k: int) -> int:
+        """How deep an unfiltered search goes to find k of ``m`` allowed ids (see ``IndexParams``)."""
+        return int(np.ceil(self.params.filter_post_margin * k * max(1, self.ntotal) / max(1, m)))
+
     def filter_strategy(self, m: int, k: int) -> str:
-        """How a search restricted to ``m`` live ids runs: "exact" (scored one by one) or "selector"
-        (FAISS with an IDSelector; IVF always, having no flat vector storage)."""
+        """How a search restricted to ``m`` live ids runs: "exact" (scored one by one), "post" (HNSW searched
+        deeper without the filter, then filtered) or "selector" (FAISS with an IDSelector; IVF always,
+        having no flat vector storage)."""
         if self.kind == INDEX_IVF:
             return FILTER_SELECTOR
         if m <= self.params.filter_exact_max or (
                 self.kind == INDEX_HNSW and self.filter_ef(m, k) > self.params.filter_ef_max):
             return FILTER_EXACT
+        if self.kind == INDEX_HNSW and self.post_depth(m, k) <= self.params.filter_post_max:
+            return FILTER_POST
         return FILTER_SELECTOR
 
     def _search_subset(self, q: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k over the vectors of ``ids`` alone: exact for a small set, else FAISS with an IDSelector."""
+        """Top-k over the vectors of ``ids`` alone: exact for a small set, else one deeper unfiltered search
+        or FAISS with an IDSelector."""
+        ids = sorted_unique(ids)
+        if self.kind == INDEX_HNSW and 0 < k <= len(ids) and self.filter_strategy(len(ids), k) == FILTER_POST:
+            got = self._post_filtered(q, k, ids)  # found ids are live: no id translation needed
+            if got is not None:
+                return got
         allowed, rows = self._live_rows(ids)
         m = len(allowed)
         if m == 0 or k <= 0 or self.ntotal == 0:
@@ -348,6 +380,12 @@ class VectorIndex:
         if index.d != dim:
             raise ValueError(f"{path} holds {index.d}-d vectors, not {dim}-d")
         return cls(dim, index, params=params, deleted=deleted, mutable=not mmap)
+
+
+def sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """``ids`` sorted without repeats (as given when they already are: filters build them so)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    return ids if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()) else np.unique(ids)
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:

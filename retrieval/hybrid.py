@@ -62,13 +62,45 @@ class Parts:
     extra: dict = field(default_factory=dict)
 
 
+class Matches(Sequence[tuple[str, ...]]):
+    """What each candidate matched on (``pixels``, ``caption``, ``name``, ``folder``), worked out when asked:
+    a search shows a page of its candidates, so most are never asked about."""
+
+    def __init__(self, zp: np.ndarray, cap_term: np.ndarray, weak_term: np.ndarray, has_lex: np.ndarray,
+                 parts: Parts, params: FusionParams) -> None:
+        self.zp, self.cap_term, self.weak_term, self.has_lex = zp, cap_term, weak_term, has_lex
+        self.weak_kind, self.fields, self.params = parts.weak_kind, parts.lexical_fields, params
+
+    def __len__(self) -> int:
+        return len(self.zp)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        m: list[str] = []
+        if self.zp[i] >= self.params.pixel_match_z:
+            m.append("pixels")
+        if self.cap_term[i] > 0:
+            m.append("caption")
+        if self.weak_term[i] > 0:
+            m.append(self.weak_kind[i] if self.weak_kind is not None and self.weak_kind[i] else "name")
+        if self.has_lex[i]:
+            fields = self.fields[i] if self.fields is not None else ("caption",)
+            m.extend(f for f in fields if f in MATCH_KINDS)
+        if not m:
+            m.append("pixels")  # ranked by its pixels alone, however weakly
+        return tuple(dict.fromkeys(m))
+
+
 @dataclass(frozen=True)
 class Fusion:
     """Fused scores (higher is better, in standard deviations), the candidates best first, and their matches."""
 
     scores: np.ndarray
     order: np.ndarray
-    matched: list[tuple[str, ...]]
+    matched: Sequence[tuple[str, ...]]
 
 
 def standardise(x: np.ndarray, center: float | None = None, scale: float | None = None) -> np.ndarray:
@@ -126,19 +158,4 @@ def fuse(parts: Parts, params: FusionParams = FusionParams()) -> Fusion:
     if parts.negative is not None:
         score = score - params.not_weight * np.maximum(0.0, np.nan_to_num(neg, nan=0.0))
     order = np.argsort(-score, kind="stable")
-    matched = []
-    for i in range(n):
-        m: list[str] = []
-        if zp[i] >= params.pixel_match_z:
-            m.append("pixels")
-        if cap_term[i] > 0:
-            m.append("caption")
-        if weak_term[i] > 0:
-            m.append((parts.weak_kind[i] if parts.weak_kind is not None and parts.weak_kind[i] else "name"))
-        if has_lex[i]:
-            fields = parts.lexical_fields[i] if parts.lexical_fields is not None else ("caption",)
-            m.extend(f for f in fields if f in MATCH_KINDS)
-        if not m:
-            m.append("pixels")  # ranked by its pixels alone, however weakly
-        matched.append(tuple(dict.fromkeys(m)))
-    return Fusion(score, order, matched)
+    return Fusion(score, order, Matches(zp, cap_term, weak_term, has_lex, parts, params))

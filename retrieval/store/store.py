@@ -147,8 +147,7 @@ class Store:
     @property
     def generation(self) -> int:
         """Bumped by every committed change to the vectors (and by every untracked transaction)."""
-        with self._db.connect() as conn:  # read on every search: the raw sqlite3 cursor, not SQLAlchemy's
-            row = conn.connection.driver_connection.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        row = self._db.peek("SELECT value FROM meta WHERE key = 'generation'")  # read several times a search
         return int(row[0]) if row else 0
 
     @property
@@ -465,6 +464,7 @@ class Store:
     def close(self) -> None:
         """Release the writer lock and the database connections."""
         self.release_writer_lock()
+        self._db.close_peekers()
         self.engine.dispose()
 
     def __enter__(self) -> "Store":

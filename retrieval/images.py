@@ -58,6 +58,19 @@ if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
+def _register_heif() -> bool:
+    """Teach Pillow HEIC/HEIF (phone photos) through pillow-heif, where it is installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()  # it applies the EXIF orientation while decoding
+    return True
+
+
+HEIF_AVAILABLE = _register_heif()
+
+
 # Suffix -> Pillow format id, for the formats we index.
 _WANTED_EXTENSIONS: dict[str, str] = {
     ".jpg": "JPEG",
@@ -76,9 +89,14 @@ _WANTED_EXTENSIONS: dict[str, str] = {
     ".pgm": "PPM",
     ".ppm": "PPM",
     ".pnm": "PPM",
+    ".heic": "HEIF",
+    ".heif": "HEIF",
+    ".hif": "HEIF",
+    ".avif": "AVIF",
 }
 # Formats that need an optional codec compiled into Pillow.
-_FORMAT_FEATURES: dict[str, str] = {"JPEG": "jpg", "PNG": "zlib", "WEBP": "webp", "JPEG2000": "jpg_2000"}
+_FORMAT_FEATURES: dict[str, str] = {"JPEG": "jpg", "PNG": "zlib", "WEBP": "webp", "JPEG2000": "jpg_2000",
+                                    "AVIF": "avif"}
 
 
 def _format_available(fmt: str) -> bool:

@@ -571,3 +571,26 @@ def test_png_info_does_not_decode(tmp_path, monkeypatch):
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", fail_load)
     info = read_info(path)
     assert (info.width, info.height, info.format) == (6, 6, "PNG")
+
+
+# -- phone formats: HEIC (pillow-heif) and AVIF ---------------------------------------------------
+
+@pytest.mark.parametrize("ext", [".heic", ".avif"])
+def test_phone_photos_decode_upright_with_their_date(tmp_path, ext):
+    if ext == ".heic" and not images.HEIF_AVAILABLE:
+        pytest.skip("pillow-heif is not installed")
+    assert ext in IMAGE_EXTENSIONS
+    img = Image.new("RGB", (40, 20), BLUE)
+    img.paste(RED, (0, 0, 20, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif.get_ifd(0x8769)[36867] = "2021:06:01 09:30:00"
+    path = tmp_path / f"IMG_0001{ext.upper()}"
+    img.save(path, exif=exif.tobytes(), quality=95)
+    loaded, info = load_image_and_info(path)
+    assert loaded.mode == "RGB" and loaded.size == (20, 40)  # rotated for display, as a JPEG would be
+    assert close_to(loaded.getpixel((15, 5)), RED, tol=40) and close_to(loaded.getpixel((4, 30)), BLUE, tol=40)
+    assert info.taken_at == datetime(2021, 6, 1, 9, 30) and (info.width, info.height) == (20, 40)
+    path.write_bytes(path.read_bytes()[:60])  # a cut-off file is a one-line error, not a crash
+    with pytest.raises(ImageLoadError):
+        load_image(path)

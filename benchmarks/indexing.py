@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import io
 import os
-import contextlib
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
 from indexer.sync import Indexer, file_hash
+from retrieval.encoders.runtime import use_engine
 from retrieval.images import load_image_and_info
 from retrieval.store import ImageRecord, Store
 
@@ -71,17 +71,6 @@ def engines(encoder) -> list[str]:
     return ["torch", "onnx"] if getattr(encoder, "engine", None) == "onnx" else []
 
 
-@contextlib.contextmanager
-def engine(encoder, name: str) -> Iterator[None]:
-    """Run ``encoder`` on engine ``name`` (``torch`` or ``onnx``) inside the block."""
-    before = encoder.engine
-    encoder.engine = name
-    try:
-        yield
-    finally:
-        encoder.engine = before
-
-
 def model_only_by_engine(encoder, n: int, batch_size: int) -> dict:
     """``model_only_photos_per_s`` (the encoder's own engine) and, when it runs on ONNX Runtime, the
     figures of torch and onnx side by side (``..._torch``, ``..._onnx``) and their ratio."""
@@ -90,7 +79,7 @@ def model_only_by_engine(encoder, n: int, batch_size: int) -> dict:
         return {"model_only_photos_per_s": model_only(encoder, n, batch_size)}
     res = {}
     for name in names:
-        with engine(encoder, name):
+        with use_engine(encoder, name):
             res[f"model_only_photos_per_s_{name}"] = model_only(encoder, n, batch_size)
     res["model_only_photos_per_s"] = res[f"model_only_photos_per_s_{encoder.engine}"]
     res["model_only_onnx_vs_torch"] = res["model_only_photos_per_s_onnx"] / res["model_only_photos_per_s_torch"]
@@ -113,7 +102,7 @@ def text_latency_by_engine(encoder, texts: list[str]) -> dict:
         return {"text_encode_p50_ms": p50()}
     res = {}
     for name in names:
-        with engine(encoder, name):
+        with use_engine(encoder, name):
             res[f"text_encode_p50_ms_{name}"] = p50()
     res["text_encode_p50_ms"] = res[f"text_encode_p50_ms_{encoder.engine}"]
     res["text_encode_onnx_vs_torch"] = res["text_encode_p50_ms_onnx"] / res["text_encode_p50_ms_torch"]

@@ -7,7 +7,6 @@ base, so their graphs are exported once, into the cache folder the rest of the s
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from PIL import Image
 
 from retrieval.encoders import runtime
+from retrieval.encoders.runtime import use_engine
 from retrieval.errors import ImgSearchError, SettingsError
 from retrieval.settings import ENGINE_ENV, Settings
 
@@ -25,16 +25,6 @@ SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 PHOTOS = ["cat_chelsea.png", "lake_with_boats.jpg", "dahlia_flower.webp", "gravel.tiff", "blurred_wall_clock.bmp"]
 TEXTS = ["a dog", "two dogs playing in the snow beside a red wooden fence on a cold morning", "a cat on a sofa"]
 LONG = " ".join(f"word{i}" for i in range(300))  # far over the tower's 128 tokens
-
-
-@contextlib.contextmanager
-def engine(encoder, name: str):
-    before = encoder.engine
-    encoder.engine = name
-    try:
-        yield
-    finally:
-        encoder.engine = before
 
 
 @pytest.fixture(scope="module", params=["bridge", "default"])
@@ -54,9 +44,9 @@ def pixels(default_encoder) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_photo_vectors_and_regions_match_torch(encoder, pixels):
-    with engine(encoder, "torch"):
+    with use_engine(encoder, "torch"):
         want, want_regions = encoder.encode_pixels_with_regions(pixels)
-    with engine(encoder, "onnx"):
+    with use_engine(encoder, "onnx"):
         got, regions = encoder.encode_pixels_with_regions(pixels)
         alone = np.concatenate([encoder.encode_pixels(pixels[i:i + 1]) for i in range(len(pixels))])
     assert got.dtype == np.float32 and got.shape == want.shape == (len(PHOTOS), encoder.dim)
@@ -67,7 +57,7 @@ def test_photo_vectors_and_regions_match_torch(encoder, pixels):
     np.testing.assert_allclose(regions.astype(np.float32), want_regions.astype(np.float32), rtol=2e-3, atol=2e-3)
     sims = got @ got.T
     assert sims[~np.eye(len(PHOTOS), dtype=bool)].max() < 0.99  # varied photos, not one vector
-    with engine(encoder, "onnx"):
+    with use_engine(encoder, "onnx"):
         empty, no_regions = encoder.encode_pixels_with_regions(pixels[:0])
     assert empty.shape == (0, encoder.dim) and no_regions.shape == (0, 49, 320)  # as torch gives
 
@@ -76,7 +66,7 @@ def test_photo_vectors_and_regions_match_torch(encoder, pixels):
 def test_flip_averaging_runs_in_the_graph(default_encoder, pixels):
     """The shipped heads average each photo with its mirror image: the graph does it, not Python."""
     assert default_encoder.config.flip_average
-    with engine(default_encoder, "onnx"):
+    with use_engine(default_encoder, "onnx"):
         plain = default_encoder.encode_pixels(pixels[:2])
         mirrored = default_encoder.encode_pixels(pixels[:2].flip(-1))
     np.testing.assert_allclose(plain, mirrored, atol=1e-4)
@@ -87,13 +77,13 @@ def test_text_vectors_match_torch(encoder):
     tokens = getattr(encoder, "base", encoder).text_tower.numpy_inputs([LONG])
     assert tokens["input_ids"].shape == (1, 128)  # truncated by the tokenizer, as before
     for texts in ([TEXTS[0]], TEXTS, [TEXTS[0], LONG, TEXTS[1]], [LONG]):
-        with engine(encoder, "torch"):
+        with use_engine(encoder, "torch"):
             want = encoder.encode_texts(texts)
-        with engine(encoder, "onnx"):
+        with use_engine(encoder, "onnx"):
             got = encoder.encode_texts(texts)
         assert got.dtype == np.float32 and got.shape == (len(texts), encoder.dim)
         np.testing.assert_allclose(got, want, atol=1e-4)
-    with engine(encoder, "onnx"):
+    with use_engine(encoder, "onnx"):
         padded = encoder.encode_texts([TEXTS[0], LONG])[0]
         alone = encoder.encode_texts([TEXTS[0]])[0]
     np.testing.assert_allclose(padded, alone, atol=1e-5)  # padding does not leak into a short text
@@ -101,7 +91,7 @@ def test_text_vectors_match_torch(encoder):
 
 @pytest.mark.slow
 def test_graphs_are_cached_under_the_fingerprint(encoder):
-    with engine(encoder, "onnx"):
+    with use_engine(encoder, "onnx"):
         encoder.encode_texts(["a dog"])
     path = encoder.graphs.text(None, None).path  # built above: the arguments are not used again
     assert path.is_file() and path.parent == Settings.from_env().cache_dir / "onnx"

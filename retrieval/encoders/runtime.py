@@ -66,6 +66,17 @@ def pick_engine(settings: Settings, device: torch.device) -> str:
     return "onnx" if device.type in ("cpu", "cuda") else "torch"
 
 
+@contextlib.contextmanager
+def use_engine(encoder, name: str):
+    """Run ``encoder`` on engine ``name`` (``torch`` or ``onnx``) inside the block (to compare the two)."""
+    before = encoder.engine
+    encoder.engine = name
+    try:
+        yield
+    finally:
+        encoder.engine = before
+
+
 class PixelsGraph(torch.nn.Module):
     """pixels -> (vectors, regions): the image tower's features, ``head`` on them (unit vectors), with ``flip``
     the normalised mean with the mirror images' vectors; regions (n, 49, C) are of the photos as given."""

@@ -19,6 +19,7 @@ from .store import CaptionRow, Store
 from .store.caption_map import CaptionSet
 
 POOL = HUB_CANDIDATES  # nearest photos (and captions) a hybrid query weighs, beside its word matches
+WEAK_CAPTION_ROOM = 20  # extra nearest captions an image -> text search reads, as name captions are passed over
 PENALTY_CACHE_MAX = 1_000_000  # hubness penalties remembered before starting afresh
 
 
@@ -456,13 +457,14 @@ class Searcher:
         return np.array([cache[(kind, int(i))] for i in ids], np.float32)
 
     def captions_near(self, vector: np.ndarray, k: int = 5, min_score: float | None = None) -> list[Hit]:
-        """Captions nearest a query (image) vector, each with the image it belongs to; hubness-corrected
-        where the encoder has it."""
-        scores, ids = self._nearest("caption", vector, k)
-        if not (ids >= 0).any() and self.store.count_captions() == 0:
+        """Real captions nearest a query (image) vector, each with the image it belongs to; hubness-corrected
+        where the encoder has it. The weak captions made from file and folder names describe no picture,
+        so they are passed over (the search goes ``WEAK_CAPTION_ROOM`` deeper to make up for them)."""
+        scores, ids = self._nearest("caption", vector, k + WEAK_CAPTION_ROOM)
+        caps = {i: c for i, c in self.store.captions(i for i in ids if i >= 0).items() if c.source not in WEAK_SOURCES}
+        if not caps and self.store.count_captions(include_weak=False) == 0:
             raise EmptyIndexError(f"the index in {self.store.data_dir} holds no captions "
                                   "(add <photo>.txt files or a captions.jsonl, then reindex)")
-        caps = self.store.captions(i for i in ids if i >= 0)
         rows = self.store.images(c.image_id for c in caps.values())
         hits = []
         for s, i in zip(scores, ids):
@@ -470,5 +472,5 @@ class Searcher:
             if c is None or c.image_id not in rows or (min_score is not None and s < min_score):
                 continue
             hits.append(Hit(rows[c.image_id].path, float(s), c.image_id, c.text, c.id, c.source))
-        return hits
+        return hits[:k]
 

@@ -132,6 +132,8 @@ def test_words_of_captions_names_and_folders_find_their_photo(library):
     assert all(h.matched == ("pixels",) for h in pixels)
     hubble = searcher.search(SearchQuery(text="Hubble", k=1))[0]
     assert hubble.caption and "Hubble" in hubble.caption
+    described = searcher.captions_for_image(root / "black cat sleeping on a chair.png", k=8)
+    assert len(described) == 8 and not {h.source for h in described} & {"name", "folder"}  # names describe no picture
 
 
 def test_fts_syntax_is_searched_as_words(library):

@@ -42,7 +42,6 @@ CAPTIONS_K = 5
 # running at once: on 2 cores more only adds GIL contention, and one queue keeps the waits of
 # the two kinds equal (measured with benchmarks/load_test.py; see README, Performance).
 QUERY_CONCURRENCY = 4
-WEAK_CAPTION_ROOM = 20  # extra nearest captions fetched for a photo query, as name captions are dropped
 MAX_FOLDER_CHOICES = 500  # folders the Search page's picker lists (roots first); others can be typed
 
 
@@ -243,9 +242,8 @@ class AppState:
         picture = searcher.load_query_image(image)
         vector, regions = searcher.embed_picture(picture, with_regions=rerank)
         want = max(k_captions, self.rerank_k) if rerank else k_captions
-        try:  # real captions only: the weak ones made from file and folder names describe no picture
-            hits = [h for h in searcher.captions_near(vector, k=want + WEAK_CAPTION_ROOM)
-                    if h.source not in WEAK_SOURCES][:want]
+        try:
+            hits = searcher.captions_near(vector, k=want)
         except EmptyIndexError:  # photos but no captions: still show the similar photos
             hits = []
         if rerank and hits:

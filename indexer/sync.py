@@ -17,13 +17,12 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from retrieval.encoders.base import Encoder
+from retrieval.encoders.base import Encoder, stack_pixels
 from retrieval.errors import ImageLoadError, ImgSearchError
 from retrieval.images import load_image_and_info
 from retrieval.store import FileState, ImageRecord, Store
@@ -31,6 +30,9 @@ from retrieval.terms import WEAK_CAPTION_SOURCES
 
 from .captions import FILE_SOURCES, NAME_CAPTIONS_VERSION, read_manifest, read_sidecar, weak_captions
 from .scan import FileEntry, ScanResult, scan_folder
+
+if TYPE_CHECKING:  # the light (ONNX-only) encoder indexes without torch
+    import torch
 
 ProgressFn = Callable[[int, int], None]
 T = TypeVar("T")
@@ -397,7 +399,7 @@ class Indexer:
 
     def _embed(self, batch: list[LoadedFile]) -> tuple[np.ndarray, np.ndarray | None]:
         """Vectors (n, dim) of a batch of decoded images, and their regions (n, R, C) when stored."""
-        return embed_pixels(self.encoder, torch.stack([b.pixels for b in batch]), regions=bool(self.region_key))
+        return embed_pixels(self.encoder, stack_pixels([b.pixels for b in batch]), regions=bool(self.region_key))
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         """Vectors of caption texts (n, dim)."""

@@ -51,7 +51,7 @@ def open_library(data_dir: str | os.PathLike, *, model: str | None = None, devic
         if info is None and not create:
             raise EmptyIndexError(f"the index in {store.data_dir} is empty (run `imgsearch index DIR` first)")
         if encoder is None:
-            encoder = create_encoder(model or (info.spec if info else DEFAULT_SPEC), device=device)
+            encoder = create_encoder(model or (info.spec if info else DEFAULT_SPEC), device=device, light=True)
         rr = create_reranker(reranker, encoder=encoder, device=device) if reranker else None
         searcher = Searcher(encoder, store, rr, rerank_k, hubness=hubness)
     except BaseException:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import fields
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
 from .errors import WeightsError
+
+if TYPE_CHECKING:  # torch loads only where weights are read into modules: the query path runs without it
+    import torch
 
 C = TypeVar("C")
 
@@ -89,6 +91,8 @@ def quantise_rows(tensors: dict[str, torch.Tensor], min_numel: int = 4096,
                   keep: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Matrices of at least ``min_numel`` entries (names not in ``keep``) as ``int8_rows``, the scale
     as float16 in ``<name>.int8_scale``; other tensors unchanged."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         if t.is_floating_point() and t.ndim == 2 and t.numel() >= min_numel and name not in keep:
@@ -103,6 +107,8 @@ def quantise_rows(tensors: dict[str, torch.Tensor], min_numel: int = 4096,
 def dequantise_rows(tensors: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
     """The inverse of ``quantise_rows`` (float32 matrices); WeightsError on a scale without its int8 matrix
     or an int8 matrix without its scale."""
+    import torch
+
     out = {k: v for k, v in tensors.items() if not k.endswith(SCALE_SUFFIX)}
     for key, scale in tensors.items():
         if not key.endswith(SCALE_SUFFIX):

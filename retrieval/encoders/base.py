@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # imported where used: the ONNX-only query path (light.py) runs without torch
+    import torch
 
 T = TypeVar("T")
 
@@ -45,6 +47,8 @@ class Encoder(Protocol):
 
 def pick_device(device: str | None = None) -> torch.device:
     """The device to run on: the one asked for, else CUDA when available, else CPU."""
+    import torch
+
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -62,6 +66,15 @@ def batched(items: Sequence[T] | Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
+def stack_pixels(pixels: Sequence):
+    """One batch of ``preprocess`` outputs: numpy arrays (the light encoder's) stack in numpy, tensors in torch."""
+    if all(isinstance(p, np.ndarray) for p in pixels):
+        return np.stack(pixels)
+    import torch
+
+    return torch.stack(list(pixels))
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero), as contiguous float32."""
     x = np.asarray(x, dtype=np.float32)
@@ -74,6 +87,8 @@ def state_digest(modules: Iterable[torch.nn.Module], extra: str = "", n: int = 6
 
     Cheap enough to run on every load, yet any retrained or swapped weight changes it.
     """
+    import torch
+
     h = hashlib.sha256(extra.encode())
     for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
@@ -108,6 +123,8 @@ class EncoderBase:
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """RGB PIL images -> float32 (n, dim), L2-normalised."""
+        import torch
+
         out = [self.encode_pixels(torch.stack([self.preprocess(im) for im in batch]))
                for batch in batched(images, self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

@@ -120,6 +120,10 @@ class DefaultEncoder(EncoderBase):
         return self.graphs.image(lambda: PixelsGraph(self.image_tower.features_module, self._graph_image_head,
                                                      False, [self.bridge]), self.image_size)
 
+    def onnx_graphs(self):
+        """The (image, text) OnnxGraphs this encoder runs on the onnx engine (exported when first opened)."""
+        return self._image_graph(), self._text_graph()
+
     def _graph_image_head(self, feats: ImageFeatures) -> torch.Tensor:
         return F.normalize(self._image_embed(feats).float(), dim=-1)
 

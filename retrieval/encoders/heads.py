@@ -466,6 +466,10 @@ class TrainedEncoder(EncoderBase):
         return self.graphs.image(lambda: PixelsGraph(towers, self._graph_image_head, self.config.flip_average,
                                                      [self.base.bridge, self.heads]), self.image_size)
 
+    def onnx_graphs(self):
+        """The (image, text) OnnxGraphs this encoder runs on the onnx engine (exported when first opened)."""
+        return self._image_graph(), self._text_graph()
+
     def _graph_image_head(self, f: ImageFeatures) -> torch.Tensor:
         feats = features_from(self.base, f, self._image_names)
         out = blend(self.heads.embed_image(feats), feats[self.config.image_blend_input], self.config.blend)

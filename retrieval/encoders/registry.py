@@ -89,9 +89,22 @@ ENCODERS = Registry("model", DEFAULT_SPEC, [
 ])
 
 
-def create_encoder(spec: str = DEFAULT_SPEC, device: str | None = None) -> Encoder:
-    """Build the encoder a spec string names (see ``list_models``)."""
-    return ENCODERS.create(spec, device=device)
+def create_encoder(spec: str = DEFAULT_SPEC, device: str | None = None, light: bool = False) -> Encoder:
+    """Build the encoder a spec string names (see ``list_models``).
+
+    ``light``: for inference only (index, search, serve): a bundled spec whose ONNX graphs and manifest are
+    cached comes back as a ``LightEncoder`` (no torch, no transformers); otherwise the torch-built encoder,
+    which then writes that manifest. Without it the encoder is always torch-built (training needs its modules).
+    """
+    if not light:
+        return ENCODERS.create(spec, device=device)
+    from .light import light_encoder, write_manifest
+
+    encoder = light_encoder(spec or DEFAULT_SPEC, device)
+    if encoder is None:
+        encoder = ENCODERS.create(spec, device=device)
+        write_manifest(encoder)
+    return encoder
 
 
 def list_models() -> list[ModelSpec]:

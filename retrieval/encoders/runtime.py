@@ -24,14 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from ..settings import Settings
+from .light import GRAPH_FORMAT, OPSET, TEXT_INPUTS, code_digest, open_session
 from .towers import ImageFeatures, quiet_stdout
 
 log = logging.getLogger(__name__)
 
-GRAPH_FORMAT = 1  # bump when the code of the exported graphs changes: old files are then ignored
-OPSET = 17
 KEEP_FILES = 24  # exported graphs kept in the cache folder (the least recently used beyond are deleted)
-TEXT_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 warned_messages: set[str] = set()  # what warn_once has logged in this process
 
 
@@ -127,7 +125,7 @@ class OnnxGraph:
         self.name, self.device, self.threads = name, device, threads
         ort = load_onnxruntime()
         version = ort.__version__ if ort is not None else "none"
-        ident = "|".join([key, name, version, torch.__version__, str(GRAPH_FORMAT), str(OPSET)])
+        ident = "|".join([key, name, version, torch.__version__, str(GRAPH_FORMAT), code_digest(), str(OPSET)])
         self.path = folder / f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.onnx"
         self._session = None
         self._lock = threading.Lock()
@@ -176,16 +174,9 @@ class OnnxGraph:
         return buffer.getvalue()
 
     def _open(self, model: str | bytes):
-        ort = load_onnxruntime()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # default: torch's intra-op pool size (the physical cores, or what a Ray worker was given)
-        options.intra_op_num_threads = self.threads or torch.get_num_threads()
-        options.log_severity_level = 3  # errors only: optimiser notes would clutter stderr
-        providers: list = ["CPUExecutionProvider"]
-        if self.device.type == "cuda":
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
-        return ort.InferenceSession(model, options, providers=providers)
+        # default threads: torch's intra-op pool size (the physical cores, or what a Ray worker was given)
+        return open_session(model, self.threads or torch.get_num_threads(),
+                            (self.device.index or 0) if self.device.type == "cuda" else None)
 
 
 def prune(folder: Path, keep: int = KEEP_FILES) -> None:

@@ -20,9 +20,7 @@ from PIL import Image
 
 from ..errors import EncoderSpecError
 from ..settings import Settings
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .light import IMAGENET_MEAN, IMAGENET_STD, center_crop_array
 
 
 @contextlib.contextmanager
@@ -141,21 +139,8 @@ class EfficientNetLiteTower(torch.nn.Module):
 
 
 def preprocess_center_crop(image: Image.Image, size: int, mean, std) -> torch.Tensor:
-    """Resize the shorter side to ``size`` (bicubic, antialiased), centre crop, normalise."""
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        image = image.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    # numpy, in place, channel planes: bit-identical to the torch version, but single-threaded and
-    # GIL-free, so decode threads do not fight the model for torch's intra-op thread pool.
-    x = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1).copy()
-    x /= np.float32(255.0)
-    x -= np.asarray(mean, dtype=np.float32)[:, None, None]
-    x /= np.asarray(std, dtype=np.float32)[:, None, None]
-    return torch.from_numpy(x)
+    """Resize the shorter side to ``size`` (bicubic, antialiased), centre crop, normalise (``center_crop_array``)."""
+    return torch.from_numpy(center_crop_array(image, size, mean, std))
 
 
 def _load_efficientnet_lite(variant: int) -> torch.nn.Module:

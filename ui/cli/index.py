@@ -53,7 +53,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.rebuild:
             store.clear()
         spec = args.model or (store.encoder_info.spec if store.encoder_info else "default")
-        encoder = create_encoder(spec, device=args.device)
+        encoder = create_encoder(spec, device=args.device, light=args.engine != "ray")
         store.check_encoder(encoder.fingerprint, encoder.spec)
         regions = False if args.no_regions else None
         if args.engine == "ray":

@@ -372,7 +372,7 @@ class AppState:
                 encoder = self._searcher.encoder if self._searcher is not None else None
             if encoder is None:
                 info = store.encoder_info
-                encoder = create_encoder(self.model or (info.spec if info else "default"), device=self.device)
+                encoder = create_encoder(self.model or (info.spec if info else "default"), device=self.device, light=True)
             indexer = Indexer(encoder, store, show_progress=False)
             for folder in folders:
                 status.folder, status.done, status.total = folder, 0, 0

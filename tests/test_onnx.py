@@ -134,6 +134,25 @@ def test_a_corrupt_cached_graph_is_rebuilt(tmp_path, damage, caplog):
     assert [r.getMessage().split(",")[0] for r in caplog.records] == [f"rebuilding {graph.path.name}"]
 
 
+def test_exporting_leaves_each_shared_module_in_its_own_mode(tmp_path):
+    """A graph wraps shared towers in a fresh module (training mode, as every new module is); exporting it
+    must not switch those eval-mode towers to training (dropout would then change every torch result)."""
+    if runtime.load_onnxruntime() is None:
+        pytest.skip("onnxruntime is not installed")
+    tower = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3)).eval()
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = tower(x)
+    wrapper = torch.nn.Sequential(tower, torch.nn.Dropout(0.1))  # one wrapper in training mode, one tower in eval
+    graph = runtime.OnnxGraph(lambda: wrapper, lambda: (torch.ones(2, 4),), ["x"], ["y"], {"x": {0: "n"}, "y": {0: "n"}},
+                              "shared", "key", tmp_path, torch.device("cpu"), threads=1)
+    got = graph.run(x=x.numpy())[0]
+    assert wrapper.training and not any(m.training for m in tower.modules())
+    with torch.no_grad():
+        np.testing.assert_allclose(tower(x).numpy(), before.numpy(), atol=1e-6)
+    np.testing.assert_allclose(got, before.numpy(), atol=1e-5)  # exported in eval mode: no dropout in the graph
+
+
 def test_a_read_only_cache_folder_still_runs(tmp_path):
     if runtime.load_onnxruntime() is None:
         pytest.skip("onnxruntime is not installed")

@@ -165,12 +165,20 @@ class OnnxGraph:
         return self._open(data)
 
     def _export(self) -> bytes:
-        module = self.build()  # exported in eval mode (the exporter restores the modules' modes after)
+        module = self.build()
+        # The exporter restores the wrapper's mode on the whole tree after, which would switch the shared,
+        # eval-mode towers inside it to training (dropout on): each module's own mode is put back instead.
+        modes = [(m, m.training) for m in module.modules()]
+        module.eval()
         buffer = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings(), quiet_stdout():
-            warnings.simplefilter("ignore")  # tracer notes on shape-dependent branches, exporter deprecation
-            torch.onnx.export(module, self.example(), buffer, dynamo=False, opset_version=OPSET,
-                              input_names=self.inputs, output_names=self.outputs, dynamic_axes=self.dynamic)
+        try:
+            with torch.no_grad(), warnings.catch_warnings(), quiet_stdout():
+                warnings.simplefilter("ignore")  # tracer notes on shape-dependent branches, exporter deprecation
+                torch.onnx.export(module, self.example(), buffer, dynamo=False, opset_version=OPSET,
+                                  input_names=self.inputs, output_names=self.outputs, dynamic_axes=self.dynamic)
+        finally:
+            for m, training in modes:
+                m.training = training
         return buffer.getvalue()
 
     def _open(self, model: str | bytes):

@@ -7,9 +7,11 @@ import json
 import os
 import unicodedata
 
+from retrieval.photo_metadata import xmp_captions
 from retrieval.terms import name_words, weak_caption
 
 MAX_CAPTION_CHARS = 2000
+MAX_XMP_BYTES = 4 * 1024 * 1024  # a larger .xmp is not a sidecar a person wrote; only its description is tried
 FILE_SOURCES = ("sidecar", "manifest")  # captions read from files beside the photos
 # Bump when the name rules of retrieval.terms change, so every folder's name captions are compared again.
 NAME_CAPTIONS_VERSION = "1"
@@ -22,7 +24,10 @@ def clean_caption(text: str) -> str:
 
 
 def read_sidecar(path: str) -> list[str]:
-    """Captions from a text sidecar: one per non-empty line."""
+    """Captions from a sidecar: one per non-empty line of a ``.txt``; description and keywords of an ``.xmp``."""
+    if path.lower().endswith(".xmp"):
+        with open(path, "rb") as fb:
+            return [c for c in (clean_caption(t) for t in xmp_captions(fb.read(MAX_XMP_BYTES + 1))) if c]
     with open(path, encoding="utf-8", errors="replace") as f:
         return [c for c in (clean_caption(line) for line in f) if c]
 

@@ -26,6 +26,7 @@ class ScanResult:
     root: str
     files: list[FileEntry] = field(default_factory=list)
     sidecars: dict[str, str] = field(default_factory=dict)  # image path -> its <photo>.txt
+    xmp_sidecars: dict[str, str] = field(default_factory=dict)  # image path -> its <photo>.xmp (or IMG_1.CR2.xmp)
     manifests: list[str] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
@@ -77,16 +78,17 @@ def scan_folder(root: str, skip_dirs: tuple[str, ...] = ()) -> ScanResult:
                     result.files.append(FileEntry(path, st.st_size, st.st_mtime_ns))
                 elif lower == MANIFEST_NAME:
                     result.manifests.append(path)
-                elif lower.endswith(".txt"):
+                elif lower.endswith((".txt", ".xmp")):
                     texts.add(path)
             except OSError as e:
                 result.errors.append((path, _reason(e)))
     for f in result.files if texts else ():
         stem = os.path.splitext(f.path)[0]
-        for candidate in (f.path + ".txt", stem + ".txt"):
-            if candidate in texts:
-                result.sidecars[f.path] = candidate
-                break
+        for kind, found in ((".txt", result.sidecars), (".xmp", result.xmp_sidecars)):
+            for candidate in (f.path + kind, stem + kind, f.path + kind.upper(), stem + kind.upper()):
+                if candidate in texts:
+                    found[f.path] = candidate
+                    break
     result.files.sort(key=lambda f: f.path)
     return result
 

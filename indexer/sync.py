@@ -151,7 +151,9 @@ def load_file(encoder: Encoder, f: FileEntry, known: dict[str, int] | frozenset 
     if digest in known:
         return LoadedFile(f, digest)
     try:
-        image, info = load_image_and_info(io.BytesIO(data), target_size=encoder.image_size)
+        stream = io.BytesIO(data)
+        stream.name = f.path  # its suffix tells a camera RAW (developed by LibRaw) from a plain TIFF
+        image, info = load_image_and_info(stream, target_size=encoder.image_size)
         pixels = encoder.preprocess(image)
     except ImageLoadError as e:
         return LoadedFile(f, digest, error=e.reason)
@@ -212,7 +214,7 @@ def desired_captions(scan: ScanResult, weak_paths: Iterable[str] | None = None
         errors.extend(bad)
         for path, texts in caps.items():
             desired.setdefault(path, set()).update((t, "manifest") for t in texts)
-    for image, sidecar in scan.sidecars.items():
+    for image, sidecar in [*scan.sidecars.items(), *scan.xmp_sidecars.items()]:
         try:
             desired.setdefault(image, set()).update((t, "sidecar") for t in read_sidecar(sidecar))
         except OSError as e:

@@ -37,6 +37,7 @@ from PIL import Image, UnidentifiedImageError, features
 
 from retrieval.errors import ImageLoadError
 from retrieval.photo_metadata import date_taken, description_of
+from retrieval.raw import RAW_AVAILABLE, RAW_EXTENSIONS, decode_raw
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -118,7 +119,7 @@ def _supported_extensions() -> dict[str, str]:
 
 _SUPPORTED = _supported_extensions()
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(_SUPPORTED)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(_SUPPORTED) | (RAW_EXTENSIONS if RAW_AVAILABLE else frozenset())
 """Lowercase file suffixes (with the dot) of the image files we index."""
 
 # Image.open() only tries these decoders, whatever the file is named: a file
@@ -194,12 +195,35 @@ def read_info(source: ImageSource) -> ImageInfo:
     Broken or missing metadata gives ``None`` fields; only an unreadable or
     unrecognised file raises :class:`ImageLoadError`.
     """
+    if _is_raw(source):
+        return _raw(source, None, pixels=False)[1]
     with _open_source(source) as (fp, label):
         img = _open_image(fp, label)
         try:
             return _info_from_header(img)
         finally:
             img.close()
+
+
+def _is_raw(source: ImageSource) -> bool:
+    """A path (or a stream whose ``name`` is one) of a camera RAW file: those are developed by
+    retrieval.raw, not Pillow, which would read a TIFF-based RAW's small first-IFD thumbnail instead."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return False
+    name = _label_for(source)
+    return os.path.splitext(name)[1].lower() in RAW_EXTENSIONS
+
+
+def _raw(source: ImageSource, target_size: int | None, pixels: bool = True) -> tuple[Image.Image, ImageInfo]:
+    with _open_source(source) as (fp, label):
+        try:
+            data = fp.read()
+        except OSError as exc:
+            raise ImageLoadError(label, _os_error_reason(exc)) from None
+    decoded = decode_raw(data, label, target_size, MAX_PIXELS, pixels=pixels)
+    fmt = os.path.splitext(label)[1][1:].upper()  # "DNG", "CR2", ...: the container, not Pillow's id
+    info = ImageInfo(decoded.width, decoded.height, fmt, decoded.taken_at, decoded.description)
+    return decoded.image, info
 
 
 # ---------------------------------------------------------------------------
@@ -311,6 +335,8 @@ def _load(
 ) -> tuple[Image.Image, ImageInfo | None]:
     if target_size is not None and target_size <= 0:
         raise ValueError(f"target_size must be positive, got {target_size}")
+    if _is_raw(source):
+        return _raw(source, target_size)
     with _open_source(source) as (fp, label):
         img = _open_image(fp, label)
         try:

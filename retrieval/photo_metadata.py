@@ -253,3 +253,27 @@ def description_of(img: Image.Image, exif: Image.Exif | None) -> str | None:
         if text is not None:
             return text
     return None
+
+
+def xmp_captions(packet: bytes) -> list[str]:
+    """Captions from an XMP packet or sidecar file: its ``dc:description`` and its ``dc:subject``
+    keywords joined into one caption ("beach, sunset"); an unparsable packet gives the description only."""
+    out: list[str] = []
+    description = _xmp_description(packet)
+    if description and description.strip():
+        out.append(description.strip())
+    if not packet or len(packet) > _XMP_MAX_BYTES:
+        return out
+    try:
+        root = ET.fromstring(packet.strip(b"\x00 \t\r\n"))
+    except ET.ParseError:
+        return out
+    keywords: list[str] = []
+    for subject in root.iter(f"{{{_XMP_NS['dc']}}}subject"):
+        for li in subject.findall(".//rdf:li", _XMP_NS):
+            word = (li.text or "").strip()
+            if word and word not in keywords:
+                keywords.append(word)
+    if keywords:
+        out.append(", ".join(keywords))
+    return out

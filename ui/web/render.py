@@ -7,10 +7,12 @@ that what a page shows is decided here and the pages only wire components to the
 from __future__ import annotations
 
 import html
+import os
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from retrieval.hybrid import WEAK_SOURCES
+from retrieval.raw import RAW_EXTENSIONS
 
 from .state import ReindexStatus, Result
 
@@ -21,6 +23,7 @@ CAPTION_HEADERS = ["Score", "Caption", "Photo"]
 RERANK_INFO_OFF = "install a reranker to enable"
 RERANK_INFO_ON = "reorder the top results with the reranker"
 RERANK_CAPTIONS_INFO_ON = "reorder the best captions with the reranker"
+PAIR_EXTENSIONS = RAW_EXTENSIONS | {".jpg", ".jpeg", ".heic", ".heif"}  # a camera's RAW, and the JPEG/HEIC beside it
 
 
 def esc(text: object) -> str:
@@ -58,10 +61,41 @@ def msg(kind: str, text: str) -> str:
     return f'<div class="msg msg-{kind}">{esc(text)}</div>\n'
 
 
-def gallery(state: AppState, results: list[Result]) -> tuple[list[tuple[str, str]], list[str]]:
-    """Gallery items (thumbnail, label) and the photo path of each, in the same order."""
-    items, paths = [], []
+PAIR_BADGE = "RAW+JPEG"
+
+
+def pair_key(path: str) -> tuple[str, str] | None:
+    """(folder, lower-case stem) shared by a camera RAW and the JPEG shot with it; None for other files."""
+    stem, ext = os.path.splitext(path)
+    return (os.path.dirname(stem), os.path.basename(stem).lower()) if ext.lower() in PAIR_EXTENSIONS else None
+
+
+def pair_results(results: list[Result]) -> list[tuple[Result, bool]]:
+    """The results with each RAW+JPEG pair (``IMG_1.CR2`` + ``IMG_1.JPG`` in one folder) folded into one
+    entry, shown as the JPEG, at the better-ranked one's place; the flag says it is a pair."""
+    out: list[list] = []
+    where: dict[tuple[str, str], int] = {}
     for r in results:
+        key = pair_key(r.hit.path)
+        is_raw = None if key is None else os.path.splitext(r.hit.path)[1].lower() in RAW_EXTENSIONS
+        if key is not None and key in where:
+            entry = out[where[key]]
+            if entry[2] != is_raw:  # one RAW and one JPEG: the same shot
+                if not is_raw:
+                    entry[0] = r  # the JPEG stands for the pair
+                entry[1] = True
+                continue
+        if key is not None:
+            where[key] = len(out)
+        out.append([r, False, is_raw])
+    return [(r, paired) for r, paired, _ in out]
+
+
+def gallery(state: AppState, results: list[Result]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Gallery items (thumbnail, label) and the photo path of each, in the same order; a RAW and its
+    JPEG make one tile (the JPEG's), labelled "RAW+JPEG"."""
+    items, paths = [], []
+    for r, paired in pair_results(results):
         thumb = state.thumbnail(r)
         if thumb is None:
             continue  # unreadable since it was indexed (deleted or replaced): nothing to show
@@ -69,6 +103,8 @@ def gallery(state: AppState, results: list[Result]) -> tuple[list[tuple[str, str
         if r.hit.match is not None:  # reranked: the reranker's match probability
             label += f"match {r.hit.match:.2f} · "
         label += r.name
+        if paired:
+            label += f" · {PAIR_BADGE}"
         if r.hit.matched:
             label += f" {badge(r.hit.matched)}"
         if r.caption:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from retrieval.encoders.registry import spec_names
-from ui.cli.output import emit_json, log
+from ui.cli.output import emit_json, log, out
 from ui.cli.parser import UsageError, add_common_options, positive_int
 
 
@@ -33,7 +35,56 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show-skipped", type=int, default=10, metavar="N", help="list at most N skipped files")
     p.add_argument("--no-regions", action="store_true",
                    help="do not store region features for reranking (saves ~16 KB per photo; --rerank then decodes photos)")
+    add_watch_options(p)
     p.set_defaults(func=cmd_index)
+
+
+def add_watch_options(p: argparse.ArgumentParser) -> None:
+    """--watch, --poll and --debounce, for the commands that can keep watching their folders."""
+    p.add_argument("--watch", action="store_true",
+                   help="keep running after the first sync: apply new, changed, moved and deleted files as they happen")
+    p.add_argument("--poll", type=positive_float, default=None, metavar="SECONDS",
+                   help="with --watch: rescan every SECONDS instead of using file-system events "
+                        "(for network shares; also the fallback when events are unavailable)")
+    p.add_argument("--debounce", type=positive_float, default=1.0, metavar="SECONDS",
+                   help="with --watch: wait until files have been quiet this long before applying them (default 1)")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return x
+
+
+def watch_folders(indexer: Any, store: Any, folders: list[str], args: argparse.Namespace) -> None:
+    """Apply changes under ``folders`` until Ctrl-C: one summary line per batch on stderr (a JSON line
+    per batch on stdout with --json)."""
+    import threading
+
+    from indexer.watch import Watcher
+
+    def on_report(report) -> None:
+        log(report.summary())
+        if args.json:
+            out(json.dumps(report.as_dict(), ensure_ascii=False, default=str))  # one line per batch
+
+    watcher = Watcher(indexer.sync, folders, debounce=args.debounce, poll=args.poll, ignore=[str(store.data_dir)],
+                      on_report=on_report, on_error=lambda m: log(f"watch: {m}"))
+    watcher.start()
+    how = f"rescanning every {watcher.poll:g}s" if watcher.status.mode == "polling" else "file-system events"
+    log(f"watching {len(folders)} folder(s) ({how}); Ctrl+C to stop")
+    stop = threading.Event()
+    try:
+        watcher.run(stop)
+    except KeyboardInterrupt:
+        log("stopped watching")
+    finally:
+        watcher.stop()
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -46,6 +97,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         for name in ("address", "shard_dir"):
             if getattr(args, name) is not None:
                 raise UsageError(f"--{name.replace('_', '-')} needs --engine ray")
+    elif args.watch:
+        raise UsageError("--watch needs --engine local (changes are applied in this process)")
+    if not args.watch and args.poll is not None:
+        raise UsageError("--poll needs --watch")
     store = Store(Path(args.db))
     indexer = None
     try:
@@ -76,6 +131,9 @@ def cmd_index(args: argparse.Namespace) -> int:
                 log(f"  … and {len(report.skipped) - args.show_skipped} more skipped (see `imgsearch info --json`)")
         if args.json:
             emit_json([r.as_dict() for r in reports])
+        if args.watch:
+            store.release_writer_lock()  # each batch takes it for its sync, as a one-off run does
+            watch_folders(indexer, store, [r.root for r in reports], args)
     finally:
         if indexer is not None and hasattr(indexer, "close"):
             indexer.close()  # a Ray runtime this command started

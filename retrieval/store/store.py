@@ -217,6 +217,12 @@ class Store:
         """content hash -> one image id holding it, over the whole store."""
         return self._catalog.known_hashes()
 
+    def image_hashes(self) -> list[tuple[int, str]]:
+        """(image id, content hash) of every stored photo, by id (photos sharing a hash hold the same bytes)."""
+        with self._db.connect() as conn:
+            rows = conn.connection.driver_connection.execute("SELECT id, hash FROM images ORDER BY id").fetchall()
+        return [(int(i), str(h)) for i, h in rows]
+
     def add_images(self, folder_id: int, records: Sequence[ImageRecord], vectors: np.ndarray,
                    regions: np.ndarray | None = None) -> list[int]:
         """Insert images with their vectors (and, optionally, region features (n, R, C) stored
@@ -435,6 +441,21 @@ class Store:
         """Top-k image (scores, ids) for each query vector; with ``ids``, only among those photos (k of
         them when k exist: the filter acts before the top-k)."""
         return self._search("images", queries, k, ids)
+
+    def range_search_images(self, queries: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every photo whose vector scores above ``radius`` for each query vector: (lims, scores, ids), query i's
+        hits at ``[lims[i]:lims[i+1]]``, unordered (see ``VectorIndex.range_search``)."""
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        vi = self.index("images")
+        if q.shape[1] != vi.dim:
+            raise EncoderMismatchError(f"query vectors have dim {q.shape[1]}, the index holds dim {vi.dim}")
+        return vi.range_search(q, radius)
+
+    def all_image_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored photo's (ids, vectors): int64 (n,) sorted, float32 (n, dim), read from SQLite."""
+        ids, vectors = self._all_vectors("images")
+        order = np.argsort(np.asarray(ids, np.int64), kind="stable")
+        return np.asarray(ids, np.int64)[order], np.asarray(vectors, np.float32)[order]
 
     def search_captions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k caption (scores, ids) for each query vector."""

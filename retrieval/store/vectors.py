@@ -213,6 +213,18 @@ class VectorIndex:
         k = min(k, self.ntotal)
         return self._faiss_search(q, k, self._search_params(k))
 
+    def range_search(self, queries: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored vector scoring above ``radius`` (inner product) for each query: (lims, scores, ids), as
+        FAISS gives them. Query i's hits are ``scores[lims[i]:lims[i+1]]`` and ``ids[...]`` (unordered); lims is
+        int64 (n + 1,). Tombstones are never returned; HNSW answers approximately, at its search efSearch."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if self.ntotal == 0 or not len(q):
+            return np.zeros(len(q) + 1, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        params = self._search_params(self.params.ef_search)
+        lims, scores, ids = (self.index.range_search(q, float(radius)) if params is None
+                             else self.index.range_search(q, float(radius), params=params))
+        return np.asarray(lims, np.int64), np.asarray(scores, np.float32), np.asarray(ids, np.int64)
+
     def _faiss_search(self, q: np.ndarray, k: int, params, index=None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of ``index`` (default: this index) on the calling thread alone for one query."""
         index = self.index if index is None else index

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 from retrieval.encoders.registry import spec_names
 from retrieval.rerank.registry import reranker_spec_names
-from ui.cli import bench, check, evaluate, index, info, models, rerank, search, serve, train
+from ui.cli import bench, check, duplicates, evaluate, index, info, models, rerank, score, search, serve, train
 from ui.cli.output import log, own_stdout, quiet_libraries
 from ui.cli.parser import EXIT_ERROR, EXIT_USAGE, OneLineParser, UsageError
 
-COMMANDS = (index, search, evaluate, info, models, serve, train, bench, check, rerank)
+COMMANDS = (index, search, evaluate, info, models, serve, train, bench, check, rerank, score, duplicates)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -184,7 +184,7 @@ def test_search_page(page):
 
     rerank = page.locator("#rerank input[type=checkbox]")
     assert rerank.is_enabled()
-    assert page.get_by_text("reorder the top results with the reranker").is_visible()
+    assert page.get_by_text("better for detailed queries (colours, who does what)").is_visible()
     rerank.check()  # re-runs the search, reranked
     page.locator("#status-line").get_by_text("(reranked)").wait_for()
     labels = page.locator("#results .thumbnail-item .caption-label").all_inner_texts()

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 CAPTION_HEADERS = ["Score", "Caption", "Photo"]
 RERANK_INFO_OFF = "install a reranker to enable"
-RERANK_INFO_ON = "reorder the top results with the reranker"
+RERANK_INFO_ON = "better for detailed queries (colours, who does what)"
 RERANK_CAPTIONS_INFO_ON = "reorder the best captions with the reranker"
 PAIR_EXTENSIONS = RAW_EXTENSIONS | {".jpg", ".jpeg", ".heic", ".heif"}  # a camera's RAW, and the JPEG/HEIC beside it
 

@@ -178,7 +178,7 @@ def test_hostile_queries_through_the_cli(tmp_path, monkeypatch, capsys):
         make_photo(photos / f"p{i}.png", seed=i)
     with Store(db) as store:
         Indexer(FakeEncoder(), store, show_progress=False).sync(str(photos))
-    monkeypatch.setattr(library_mod, "create_encoder", lambda spec, device=None: FakeEncoder())
+    monkeypatch.setattr(library_mod, "create_encoder", lambda spec, device=None, **kw: FakeEncoder())
     for name, q in HOSTILE.items():
         assert main(["search", q, "--db", str(db), "--json"]) == 0, name
         assert len(json.loads(capsys.readouterr().out)) == 4, name

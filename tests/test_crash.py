@@ -202,7 +202,7 @@ def test_search_library_and_cli_while_another_process_indexes(zygote, tmp_path, 
     import retrieval.library as library_mod
     from ui.cli import main
 
-    monkeypatch.setattr(library_mod, "create_encoder", lambda spec, device=None: FakeEncoder())
+    monkeypatch.setattr(library_mod, "create_encoder", lambda spec, device=None, **kw: FakeEncoder())
     pid = zygote.start(db, photos, batch=4, delay=0.05)  # ~30 slow batches, each its own commit
     errors, searches, gens = [], 0, set()
     deadline = time.monotonic() + 60

@@ -178,7 +178,7 @@ def test_queries_file_equals_one_at_a_time(library, monkeypatch, capsys, tmp_pat
     from ui.cli import main
 
     root, db, searcher = library
-    monkeypatch.setattr(library_mod, "create_encoder", lambda spec, device=None: searcher.encoder)
+    monkeypatch.setattr(library_mod, "create_encoder", lambda spec, device=None, **kw: searcher.encoder)
     queries = ["Hubble", "a cat", "optic disc"]
     (tmp_path / "q.txt").write_text("\n".join(queries) + "\n\n", encoding="utf-8")
     assert main(["search", "--queries", str(tmp_path / "q.txt"), "-k", "4", "--db", str(db), "--json"]) == 0

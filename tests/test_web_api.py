@@ -343,7 +343,7 @@ def test_reranker_reaches_lazily_opened_and_reindexed_searchers(tmp_path, photo_
     finally:
         lazy.close()
 
-    monkeypatch.setattr(ui.web.state, "create_encoder", lambda spec, device=None: fake_encoder)
+    monkeypatch.setattr(ui.web.state, "create_encoder", lambda spec, device=None, **kw: fake_encoder)
     reindexed = AppState(tmp_path / "data", reranker=reranker, rerank_k=3)
     try:
         assert reindexed.start_reindex() and reindexed.wait_reindex(timeout=60)

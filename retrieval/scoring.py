@@ -83,7 +83,9 @@ class Scorer:
     def score(self, image: ImageInput, texts: Sequence[str], rerank: bool = False) -> np.ndarray:
         """Scores (float32, one per text, higher = better) of ``texts`` against one photo.
 
-        ``rerank``: the reranker's final fused score, ITM logit + alpha * the search score.
+        ``rerank``: the reranker's final fused score, ITM logit + alpha * the search score. (A reranked search
+        reads the photo's regions from the index, stored as int8, so its logits differ from these by the
+        quantisation only: tests/test_score.py bounds it.)
         """
         texts = clean_texts(texts)
         if rerank and self.reranker is None:
@@ -103,7 +105,7 @@ def read_pairs(path: str | os.PathLike) -> list[ScorePair]:
     path = os.fspath(path)
     base = os.path.dirname(os.path.abspath(path))
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Windows editors write one) is not JSON
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found") from None

@@ -27,7 +27,7 @@ DEFAULT_DEBOUNCE = 1.0
 DEFAULT_POLL = 60.0  # the rescan interval when the event observer cannot be started
 WATCH_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})  # not "opened": our own reads
 
-SyncFn = Callable[[str], SyncReport]
+SyncFn = Callable[[str], SyncReport | None]  # None: nothing applied (the root left the library meanwhile)
 Stat = tuple[int, int] | None  # (size, mtime_ns), None when the path is gone
 
 
@@ -281,7 +281,13 @@ class Watcher:
 
     def step(self) -> list[SyncReport]:
         """Apply what is due: one sync per touched root. Failures are reported, not raised."""
-        roots = self._poll_due() if self.status.mode == "polling" else self.due()
+        return self._apply(self._poll_due() if self.status.mode == "polling" else self.due())
+
+    def catch_up(self) -> list[SyncReport]:
+        """Sync every watched root once: the changes made while nothing watched (call after ``start``)."""
+        return self._apply(self.roots)
+
+    def _apply(self, roots: list[str]) -> list[SyncReport]:
         reports = []
         for root in roots:
             if root not in self.roots or not os.path.isdir(root):
@@ -294,6 +300,8 @@ class Watcher:
                 if not isinstance(e, (ImgSearchError, OSError)):
                     log.exception("watch sync failed")
                 self._error(f"{root}: {e}")
+                continue
+            if report is None:
                 continue
             reports.append(report)
             self.status.batches += 1

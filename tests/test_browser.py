@@ -263,6 +263,45 @@ def test_find_by_photo_page(page):
     page.screenshot(path=str(ARTIFACTS / "find-by-photo-reranked.png"), full_page=True)
 
 
+def test_library_add_and_remove_a_folder(page, tmp_path):
+    """A folder typed on the Library page is checked, indexed and searchable; removing it takes its photo out of
+    the index again (so the library is as the other tests expect)."""
+    added = tmp_path / "Added album"
+    added.mkdir()
+    with Image.open(SAMPLE / "espresso_cup.png") as im:
+        ImageOps.mirror(im.convert("RGB")).save(added / "quokka_mug.jpg", quality=90)
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#watch-status").get_by_text("Not watching").wait_for()
+    box = page.locator("#folder-path input, #folder-path textarea").first
+    box.fill(str(tmp_path / "no such folder"))
+    page.locator("#add-folder-btn").click()
+    page.locator("#folder-status").get_by_text(f"folder not found: {tmp_path / 'no such folder'}").wait_for()
+    box.fill(str(added))
+    page.locator("#add-folder-btn").click()
+    page.locator("#folder-status").get_by_text("1 added").wait_for(timeout=120_000)
+    assert str(added) in page.locator("#folders-table").inner_text()
+    assert re.search(r"\b25\s+photos", page.locator("#lib-summary").inner_text())
+    shots = Path("/tmp/shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "library.png"), full_page=True)
+
+    page.get_by_role("tab", name="Search").click()
+    labels = run_query(page, "quokka")  # its file name: only the added photo holds the word
+    assert "quokka_mug.jpg" in labels[0], labels[:3]
+
+    page.get_by_role("tab", name="Library").click()
+    picker = page.locator("#remove-folder input").first
+    picker.click()
+    page.get_by_role("option", name=str(added)).click()
+    page.locator("#remove-folder-btn").click()
+    page.locator("#folder-status").get_by_text("1 photo(s) left the index").wait_for()
+    assert str(added) not in page.locator("#folders-table").inner_text()
+    assert re.search(r"\b24\s+photos", page.locator("#lib-summary").inner_text())
+    page.get_by_role("tab", name="Search").click()
+    labels = run_query(page, "quokka mug")
+    assert not any("quokka_mug.jpg" in label for label in labels), labels[:3]
+
+
 def test_library_reindex_then_find_new_photo(page, server):
     _, photos = server
     with Image.open(SAMPLE / "cat_chelsea.png") as im:
@@ -280,3 +319,68 @@ def test_library_reindex_then_find_new_photo(page, server):
     page.get_by_role("tab", name="Search").click()
     labels = run_query(page, "a cat")
     assert any("new_tabby.jpg" in label for label in labels[:2]), labels[:3]
+
+
+SHOTS_DIR = Path("/tmp/shots")
+
+
+def reindex_until(page, text: str) -> None:
+    """Reindex from the Library tab and wait until its status line says ``text`` (e.g. "4 added")."""
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#reindex-btn").click()
+    page.locator("#lib-status").get_by_text(text).wait_for(timeout=240_000)
+
+
+def test_duplicates_page_shows_groups_side_by_side(page, server):
+    """Copies of one photo (resized, quality 40, 5 % crop, HEIC) appear as one group, best first, each with
+    size, pixels, date and format, every thumbnail a cached JPEG; no delete button. The copies are removed
+    again at the end, so the library is as the other tests expect."""
+    from retrieval.images import HEIF_AVAILABLE  # registers Pillow's HEIF writer
+
+    assert HEIF_AVAILABLE, "pillow-heif is not installed"
+    _, photos = server
+    copies = photos / "copies"
+    im = Image.open(SAMPLE / "cat_chelsea.png").convert("RGB")
+    w, h = im.size
+    indexed = False
+    try:
+        copies.mkdir()
+        im.resize((w // 2, h // 2), Image.Resampling.LANCZOS).save(copies / "cat_small.jpg", quality=92)
+        im.save(copies / "cat_q40.jpg", quality=40)
+        im.crop((w // 40, h // 40, w // 40 + round(w * .95), h // 40 + round(h * .95))).save(copies / "cat_crop.jpg")
+        im.save(copies / "cat_phone.heic", "HEIF", quality=60)
+        reindex_until(page, "4 added")
+        indexed = True
+        page.get_by_role("tab", name="Duplicates").click()  # opening the tab finds the groups
+        group = page.locator("#dup-groups .dup-group", has_text="cat_chelsea.png")
+        group.wait_for()
+        names = group.locator(".dup-file").all_inner_texts()  # best first: the original has the most pixels
+        assert names[0] == "cat_chelsea.png" and sorted(names[1:]) == sorted(p.name for p in copies.iterdir()), names
+        assert group.locator(".dup-photo").first.locator(".dup-best").count() == 1
+        facts = group.locator(".dup-facts").all_inner_texts()
+        assert all(re.fullmatch(r"[\d.]+ (bytes|KB|MB) · \d+ × \d+ px · (PNG|JPEG|HEIF)", f) for f in facts), facts
+        assert facts[0].endswith(f"{w} × {h} px · PNG") and any(f.endswith("HEIF") for f in facts)
+        assert all(re.fullmatch(r"(taken|modified) \d{4}-\d\d-\d\d \d\d:\d\d", d)
+                   for d in group.locator(".dup-date").all_inner_texts())
+        assert str(copies / "cat_phone.heic") in group.locator(".dup-path").all_inner_texts()
+        assert "score 0." in group.locator(".dup-head").inner_text()
+        status = page.locator("#dup-status")
+        assert "never deletes a photo" in status.inner_text()
+        page.wait_for_function("() => [...document.querySelectorAll('#dup-groups img')].every("
+                               "i => i.complete && i.naturalWidth > 0)")
+        srcs = page.eval_on_selector_all("#dup-groups img", "els => els.map(e => e.getAttribute('src'))")
+        assert srcs and all("/thumbs/" in s and s.endswith(".jpg") for s in srcs), srcs  # never the photo itself
+        assert page.get_by_role("button", name=re.compile("delete|remove", re.I)).count() == 0
+        SHOTS_DIR.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS_DIR / "duplicates.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / "duplicates.png"), full_page=True)
+
+        box = page.locator("#dup-threshold input[type=number]")  # a stricter cutoff, found again
+        box.fill("0.99")
+        box.press("Enter")
+        page.locator("#dup-find").click()
+        status.get_by_text("threshold 0.99").wait_for()
+    finally:
+        shutil.rmtree(copies, ignore_errors=True)
+        if indexed:
+            reindex_until(page, "4 removed")

@@ -79,6 +79,19 @@ class Catalog:
         with self.db.tracked() as conn:
             conn.execute(folders_table.update().where(folders_table.c.id == folder_id).values(indexed_at=time.time()))
 
+    def remove_folder(self, path: str) -> tuple[int, int] | None:
+        """Forget the root folder stored as ``path``: its images (with their captions, regions and vectors),
+        skip records and row, in one transaction. Returns (folder id, images removed); None when not a root."""
+        with self.db.tracked() as conn:
+            fid = conn.execute(sa.select(folders_table.c.id).where(folders_table.c.path == path)).scalar()
+            if fid is None:
+                return None
+            ids = conn.execute(sa.select(images_table.c.id).where(images_table.c.folder_id == fid)).scalars().all()
+            removed = self.remove_images(ids)  # joins this transaction
+            conn.execute(sa.delete(skipped_table).where(skipped_table.c.folder_id == fid))
+            conn.execute(sa.delete(folders_table).where(folders_table.c.id == fid))
+        return int(fid), removed
+
     def folders(self) -> list[dict]:
         """Indexed root folders with their image counts and last index time."""
         q = (sa.select(folders_table.c.id, folders_table.c.path, folders_table.c.indexed_at,

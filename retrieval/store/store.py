@@ -201,6 +201,14 @@ class Store:
         """Indexed root folders with their image counts and last index time."""
         return self._catalog.folders()
 
+    def remove_folder(self, path: str) -> tuple[int, int] | None:
+        """Drop an indexed root folder and every photo indexed under it, atomically (the photo files are
+        untouched); needs the writer lock. Returns (folder id, photos removed), None when ``path`` is no root.
+        ``save_indexes`` afterwards writes the FAISS files without them."""
+        if not self._lock.held:
+            raise StoreError("removing a folder needs the writer lock (acquire_writer_lock)")
+        return self._catalog.remove_folder(path)
+
     def photo_folders(self) -> list[str]:
         """Every folder that directly holds an indexed photo, sorted (for folder pickers; read-only)."""
         # rtrim(path, <path without '/'>) strips the file name: SQLite has no dirname()

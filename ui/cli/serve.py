@@ -1,6 +1,8 @@
 """`imgsearch serve [DIR]`: the web UI.
 
-With DIR, the folder is first brought up to date in the index (incrementally).
+With DIR, the folder is first brought up to date in the index (incrementally). With --watch the
+library's folders (DIR, and those added earlier or later on the Library page) are then watched in a
+background thread, their changes applied in debounced batches through the same sync.
 Binds 127.0.0.1 unless --host says otherwise; never creates a public share link.
 The reranker behind the Rerank switches (--rerank-model, the bundled one by default)
 is loaded at start, on the search encoder's towers where it can share them.
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrieval.rerank.registry import reranker_spec_names
 from retrieval.settings import AUTH_ENV
+from ui.cli.index import add_watch_options
 from ui.cli.output import log, out
 from ui.cli.parser import UsageError, add_common_options, positive_int
 
@@ -40,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "or none (default: default, the bundled one, when installed)")
     p.add_argument("--rerank-k", type=positive_int, default=20, metavar="N",
                    help="how many top results the Rerank switches reorder (default 20)")
+    add_watch_options(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -116,6 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     auth = parse_auth(args.auth if args.auth is not None else args.settings.auth)
     if not (0 < args.port < 65536):
         raise UsageError(f"--port must be 1-65535, not {args.port}")
+    if not args.watch and args.poll is not None:
+        raise UsageError("--poll needs --watch")
 
     from ui.web import AppState, build_app, launch
 
@@ -129,8 +135,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if library is not None:
             library.close()
         raise
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
     state = AppState(args.db, model=args.model, device=args.device,
-                     searcher=library.searcher if library else None, reranker=reranker, rerank_k=args.rerank_k)
+                     searcher=library.searcher if library else None, reranker=reranker, rerank_k=args.rerank_k,
+                     folders_editable=bool(auth) or loopback)
     demo = build_app(state)
     state.warm_up()
     try:
@@ -141,6 +149,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from retrieval.errors import ImgSearchError
 
         raise ImgSearchError(f"cannot serve on {args.host}:{args.port}: {e}") from e
+    if not state.folders_editable:
+        log("folders cannot be added or removed on the Library page of a network server without --auth")
+    if args.watch:
+        status = state.start_watching(debounce=args.debounce, poll=args.poll)
+        how = f"rescanning every {status.poll_seconds:g}s" if status.mode == "polling" else "file-system events"
+        log(f"watching {len(status.folders)} folder(s) ({how}); folders added on the Library page are watched too")
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{shown_host}:{args.port}/"
     if args.host in ("0.0.0.0", "::"):

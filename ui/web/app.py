@@ -1,4 +1,4 @@
-"""The Gradio Blocks app: the three pages in tabs, the look (CSS, theme), and how it is served.
+"""The Gradio Blocks app: the pages in tabs, the look (CSS, theme), and how it is served.
 
 ``launch`` serves the app with the file-serving rules locked down to the indexed folders and the
 thumbnail cache.
@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from .duplicates_page import build_duplicates_page
 from .library_page import build_library_page
 from .photo_page import build_photo_page
 from .search_page import build_search_page
@@ -53,12 +54,13 @@ def theme() -> gr.themes.Base:
 
 
 def build_app(state: AppState) -> gr.Blocks:
-    """The Blocks app: Search, Find by photo, and Library tabs over ``state``."""
+    """The Blocks app: Search, Find by photo, Library and Duplicates tabs over ``state``."""
     with gr.Blocks(title="imgsearch", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# imgsearch\nSearch your photos by what is in them — offline, on this computer.", elem_id="app-title")
 
         with gr.Tabs():
-            pages = [build_search_page(demo, state), build_photo_page(demo, state), build_library_page(demo, state)]
+            pages = [build_search_page(demo, state), build_photo_page(demo, state), build_library_page(demo, state),
+                     build_duplicates_page(demo, state)]
         # Events only once every tab is laid out: gr.api adds its (hidden) components where it is
         # called, and they belong to the Blocks, not to the Tabs.
         for wire_events in pages:

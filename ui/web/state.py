@@ -1,21 +1,26 @@
 """What the web pages call: ``AppState`` over one data folder, and the search results it returns.
 
 ``AppState`` holds what the pages need (a searcher, opened lazily through ``open_library``; a
-thumbnail cache; the background reindex job) and talks to the library only through Library,
-Searcher, Store and Indexer. It raises the library's errors; the pages turn them into messages.
+thumbnail cache; the background reindex job; the folders of the library, added and removed from the
+Library page; the optional watcher that keeps them current) and talks to the library only through
+Library, Searcher, Store, Indexer and Watcher. It raises the library's errors; the pages turn them
+into messages. Every write (reindex, folder add or remove, watch batch) runs under one lock, on a
+Store of its own, so searches never share a connection with a write in progress.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from indexer.sync import Indexer
+from indexer.sync import FolderError, Indexer, SyncReport, check_folder, names_marker
+from indexer.watch import DEFAULT_DEBOUNCE, Watcher, WatchStatus
 from retrieval.encoders import create_encoder
 from retrieval.errors import EmptyIndexError, ImgSearchError, StoreError
 from retrieval.hybrid import WEAK_SOURCES
@@ -43,6 +48,7 @@ CAPTIONS_K = 5
 # the two kinds equal (measured with benchmarks/load_test.py; see README, Performance).
 QUERY_CONCURRENCY = 4
 MAX_FOLDER_CHOICES = 500  # folders the Search page's picker lists (roots first); others can be typed
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev", "/run")  # never photo folders; serving them would leak the machine
 
 
 @dataclass
@@ -125,8 +131,11 @@ class AppState:
 
     def __init__(self, data_dir: str | os.PathLike, *, model: str | None = None, device: str | None = None,
                  searcher: Searcher | None = None, reranker: Reranker | None = None,
-                 rerank_k: int = DEFAULT_RERANK_K, thumbs_dir: str | os.PathLike | None = None) -> None:
+                 rerank_k: int = DEFAULT_RERANK_K, thumbs_dir: str | os.PathLike | None = None,
+                 folders_editable: bool = True) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
+        # False where anyone on the network could make any folder servable (serve --host 0.0.0.0 without --auth)
+        self.folders_editable = folders_editable
         self.model = model
         self.device = device
         if reranker is None and searcher is not None:
@@ -144,6 +153,11 @@ class AppState:
         self._info_store: Store | None = None
         self._thread: threading.Thread | None = None
         self._folder_cache: tuple[tuple, list[tuple[str, str]]] | None = None
+        self._write_lock = threading.Lock()  # one write at a time: reindex, folder add/remove, watch batch
+        self._write_encoder: Any = None  # loaded for a write while no searcher was open
+        self._watcher: Watcher | None = None
+        self._watch_stop = threading.Event()
+        self._watch_thread: threading.Thread | None = None
 
     @property
     def has_reranker(self) -> bool:
@@ -206,7 +220,8 @@ class AppState:
         searcher.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
 
     def close(self) -> None:
-        """Close the stores this state opened."""
+        """Stop the watcher, then close the stores this state opened."""
+        self.stop_watching()
         with self._lock:
             if self._searcher is not None:
                 self._searcher.store.close()
@@ -339,6 +354,42 @@ class AppState:
                  "captions.faiss", "captions.json", "indexer.lock")
         return [str(self.data_dir / n) for n in names]
 
+    # -- writing: one at a time, each on its own Store ---------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Store]:
+        """The write lock held, and a Store of this write's own (closed after it)."""
+        with self._write_lock:
+            store = Store(self.data_dir)
+            try:
+                yield store
+            finally:
+                store.close()
+
+    def _indexer(self, store: Store) -> Indexer:
+        """An Indexer on ``store`` with the searcher's encoder, else one loaded once for writes (its text
+        side serialised with the searches', as the searcher's is)."""
+        with self._lock:
+            encoder = self._searcher.encoder if self._searcher is not None else self._write_encoder
+        if encoder is None:  # only writes load it, and they hold the write lock: loaded once
+            info = store.encoder_info
+            raw = create_encoder(self.model or (info.spec if info else "default"), device=self.device, light=True)
+            encoder = self._write_encoder = _SerialTextEncoder(raw, self._text_lock)
+        return Indexer(encoder, store, show_progress=False)
+
+    def _sync_root(self, root: str, progress: Callable[[int, int], None] | None = None, *,
+                   known_only: bool = True) -> SyncReport | None:
+        """Sync one root folder under the write lock; with ``known_only``, None (nothing done) when it is no
+        longer in the library (removed while this sync waited for the lock)."""
+        with self._writing() as store:
+            if known_only and root not in {f["path"] for f in store.folders()}:
+                return None
+            indexer = self._indexer(store)
+            report = indexer.sync(root, progress=progress)
+        encoder = indexer.encoder
+        self._adopt(encoder._encoder if isinstance(encoder, _SerialTextEncoder) else encoder)
+        return report
+
     # -- reindexing -------------------------------------------------------------------------
 
     def start_reindex(self) -> bool:
@@ -360,20 +411,12 @@ class AppState:
 
     def _reindex(self) -> None:
         status = self.status
-        store: Store | None = None
         try:
-            store = Store(self.data_dir)
-            folders = [f["path"] for f in store.folders()]
+            folders = self.folder_paths()
             if not folders:
-                status.errors.append("no folders are indexed yet: run `imgsearch index DIR` "
-                                     "or `imgsearch serve DIR` to add one")
+                status.errors.append("no folders are indexed yet: add one on the Library page, or run "
+                                     "`imgsearch index DIR` or `imgsearch serve DIR`")
                 return
-            with self._lock:
-                encoder = self._searcher.encoder if self._searcher is not None else None
-            if encoder is None:
-                info = store.encoder_info
-                encoder = create_encoder(self.model or (info.spec if info else "default"), device=self.device, light=True)
-            indexer = Indexer(encoder, store, show_progress=False)
             for folder in folders:
                 status.folder, status.done, status.total = folder, 0, 0
 
@@ -381,22 +424,171 @@ class AppState:
                     status.done, status.total = done, total
 
                 try:
-                    report = indexer.sync(folder, progress=progress)
+                    report = self._sync_root(folder, progress)
                 except ImgSearchError as e:
                     status.errors.append(f"{folder}: {e}")
                     continue
-                status.summaries.append(report.summary())
-            self._adopt(encoder)
+                if report is not None:
+                    status.summaries.append(report.summary())
         except ImgSearchError as e:
             status.errors.append(str(e))
         except Exception as e:  # a bug: keep serving, and say what happened
             log.exception("reindex failed")
             status.errors.append(f"reindex failed: {type(e).__name__}: {e}")
         finally:
-            if store is not None:
-                store.close()
             status.finished_at = time.time()
             status.running = False
+
+    # -- the library's folders --------------------------------------------------------------
+
+    def folder_paths(self) -> list[str]:
+        """The library's root folders, sorted: the ones indexed by the CLI or added on the Library page,
+        kept in the index (its folders table), so a restart keeps them."""
+        store = self.store()
+        return sorted(f["path"] for f in store.folders()) if store is not None else []
+
+    def check_new_folder(self, path: str, roots: list[str] | None = None) -> str:
+        """``path`` as the absolute root folder to add, after the CLI's checks (it exists, is a folder) and
+        those of a library (readable; not the index folder; not already in or overlapping ``roots``,
+        default the current folders). FolderError with a one-line reason otherwise."""
+        self._check_editable()
+        text = (path or "").strip()
+        if not text:
+            raise FolderError("type the path of a photo folder to add")
+        if any(ord(c) < 32 for c in text):  # NUL, newlines: no real folder, and no one-line message
+            raise FolderError("a folder path cannot contain control characters")
+        root = check_folder(text)
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise FolderError(f"folder not readable: {root}")
+        if root == "/" or any(root == d or root.startswith(d + "/") for d in SYSTEM_FOLDERS):
+            raise FolderError(f"{root} is a system folder, not a photo folder")
+        data = str(self.data_dir)
+        if root == data or root.startswith(data.rstrip("/") + "/"):
+            raise FolderError(f"{root} is inside the index folder {data}, not a photo folder")
+        for r in self.folder_paths() if roots is None else roots:
+            if root == r:
+                raise FolderError(f"already in the library: {root}")
+            if root.startswith(r.rstrip("/") + "/"):
+                raise FolderError(f"{root} is already indexed as part of {r}")
+            if r.startswith(root.rstrip("/") + "/"):
+                raise FolderError(f"{root} holds the indexed folder {r}: remove that one first")
+        return root
+
+    def add_folder(self, path: str, progress: Callable[[int, int], None] | None = None) -> SyncReport:
+        """Check ``path`` (``check_new_folder``), index it, and watch it when watching: its photos are then
+        searchable, and the web server may serve it (``allowed_paths``). Raises FolderError for a bad path."""
+        root = self.check_new_folder(path)
+        watcher = self._active_watcher()
+        if watcher is not None:
+            watcher.add_root(root)  # before the scan: nothing written meanwhile is missed
+        try:
+            with self._writing() as store:
+                self.check_new_folder(root, [f["path"] for f in store.folders()])  # another add may have won
+                indexer = self._indexer(store)
+                report = indexer.sync(root, progress=progress)
+        except BaseException:
+            if watcher is not None:
+                watcher.remove_root(root)
+            raise
+        encoder = indexer.encoder
+        self._adopt(encoder._encoder if isinstance(encoder, _SerialTextEncoder) else encoder)
+        return report
+
+    def remove_folder(self, path: str) -> int:
+        """Drop a root folder from the library: stop watching it and remove its photos from the index (the
+        files stay where they are); it is no longer served. Returns how many photos were removed;
+        FolderError when ``path`` is not one of the library's folders."""
+        self._check_editable()
+        text = (path or "").strip()
+        if not text:
+            raise FolderError("pick a folder to remove")
+        root = os.path.abspath(os.path.expanduser(text))
+        with self._writing() as store:
+            store.acquire_writer_lock()
+            try:
+                gone = store.remove_folder(root)
+                if gone is None:
+                    raise FolderError(f"not a folder of the library: {root}")
+                store.set_meta(names_marker(gone[0]), None)  # a later folder may reuse the id
+                store.save_indexes()
+            finally:
+                store.release_writer_lock()
+        watcher = self._active_watcher()
+        if watcher is not None:
+            watcher.remove_root(root)
+        return gone[1]
+
+    def _check_editable(self) -> None:
+        if not self.folders_editable:
+            raise FolderError("folders can be added and removed here only on a server with a login "
+                              "(imgsearch serve --auth USER:PASSWORD) or on this computer alone (--host 127.0.0.1)")
+
+    # -- watching ---------------------------------------------------------------------------
+
+    def _active_watcher(self) -> Watcher | None:
+        with self._lock:
+            t = self._watch_thread
+            return self._watcher if t is not None and t.is_alive() else None
+
+    @property
+    def watching(self) -> bool:
+        """Whether a watcher keeps the library's folders current."""
+        return self._active_watcher() is not None
+
+    def start_watching(self, *, debounce: float = DEFAULT_DEBOUNCE, poll: float | None = None,
+                       observer_factory: Callable[[], Any] | None = None, tick: float = 0.2) -> WatchStatus:
+        """Watch every folder of the library (and each one added later) in a background thread: each
+        settled batch of changes goes through the same sync, so searches see it on their next query. The
+        folders are synced once first (changes made while nothing watched). Returns the watcher's status."""
+        with self._lock:
+            if self._watch_thread is not None and self._watch_thread.is_alive():
+                raise RuntimeError("already watching")
+
+            def on_report(report: SyncReport) -> None:
+                log.info("watch: %s", report.summary())
+
+            watcher = Watcher(self._watch_sync, self.folder_paths(), debounce=debounce, poll=poll,
+                              ignore=[str(self.data_dir)], observer_factory=observer_factory, on_report=on_report)
+            watcher.start()  # events (or polling) from now on, before the catch-up scan
+            stop = threading.Event()
+
+            def run() -> None:
+                try:
+                    watcher.catch_up()
+                    watcher.run(stop, tick)
+                except Exception:  # a bug: searching goes on, the Library page says the watcher stopped
+                    log.exception("watcher failed")
+                    watcher.stop()
+
+            self._watcher, self._watch_stop = watcher, stop
+            self._watch_thread = threading.Thread(target=run, name="imgsearch-watch", daemon=True)
+            self._watch_thread.start()
+            return watcher.status
+
+    def _watch_sync(self, root: str) -> SyncReport | None:
+        return self._sync_root(root)
+
+    def watch_status(self) -> WatchStatus | None:
+        """A copy of the watcher's status (folders, events or polling, last batch, pending), None when this
+        server never watched."""
+        with self._lock:
+            w = self._watcher
+        if w is None:
+            return None
+        st = w.status
+        return replace(st, folders=list(st.folders), errors=list(st.errors))
+
+    def stop_watching(self, timeout: float = 10.0) -> None:
+        """Stop the watcher (a batch being applied finishes first); changes not yet applied are picked up by
+        the next sync."""
+        with self._lock:
+            thread, stop = self._watch_thread, self._watch_stop
+        stop.set()
+        if thread is not None:
+            thread.join(timeout)
+        w = self._watcher
+        if w is not None:
+            w.stop()
 
 
 def allow_current_folders(demo: gr.Blocks, state: AppState) -> None:

@@ -32,4 +32,5 @@ class RerankTrainOptions:
     region_head: bool = False  # start regions with a frozen copy of the tower's 1x1 head (320 -> 1280 channels)
     rerank_k: int = 20  # candidates reranked when measuring dev recall
     init_from: str | None = None  # start from this reranker folder (fine-tuning) instead of random weights
+    compositional_negatives: int = 0  # rewritten twins of the image's captions added to each image's caption list
     dev_queries: int = 200  # images (and their captions) that measure dev recall each epoch; all at the end

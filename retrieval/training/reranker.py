@@ -28,9 +28,10 @@ from ..errors import DatasetError, WeightsError
 from ..rerank.fusion import FusionConfig, FusionModel, init_region_head, load_fusion
 from .datasets import Dataset
 from .evaluate import embed_image_files
-from .features import RerankFeatures, compute_features
+from .features import CaptionTokens, RerankFeatures, compute_caption_tokens, compute_features
 from .heads import embed_features
 from .metrics import reranked_recall, top_candidates
+from .negatives import KINDS, twin_table
 from .options import RerankTrainOptions
 
 
@@ -68,10 +69,57 @@ def feature_pair_scorer(model: FusionModel, feats: RerankFeatures, batch: int = 
     return score
 
 
+@dataclass
+class TwinCaptions:
+    """Composition rewrites of a split's captions as extra hard negatives: token states of every twin, and
+    for each caption the rows of its twins (``of[j]``, empty where no rule applies)."""
+
+    tokens: CaptionTokens
+    of: list[list[int]]
+
+    @property
+    def count(self) -> int:
+        return int(self.tokens.offsets.shape[0]) - 1
+
+
+def twin_captions(encoder: Encoder, dataset: Dataset, cache_dir: str | None = None, kinds: tuple[str, ...] = KINDS,
+                  show_progress: bool = True) -> TwinCaptions:
+    """Every rule's rewrite of every caption of ``dataset`` (its own captions only), with token states (cached)."""
+    table = twin_table(dataset.captions, kinds)
+    flat, owner, of = [], [], []
+    for j, twins in enumerate(table):
+        of.append(list(range(len(flat), len(flat) + len(twins))))
+        flat += twins
+        owner += [int(dataset.caption_image[j])] * len(twins)
+    if not flat:
+        raise DatasetError("no caption of this split has a composition rewrite (colours, roles, counts, nouns)")
+    twins_set = Dataset(dataset.root, dataset.images, flat, np.asarray(owner, np.int64),
+                        f"{dataset.split or 'all'}-twins")
+    return TwinCaptions(compute_caption_tokens(encoder, twins_set, cache_dir, show_progress), of)
+
+
+def _joined_text(feats: CaptionTokens, twins: TwinCaptions) -> CaptionTokens:
+    """The split's captions followed by the twins (twin t becomes caption ``n_captions + t``)."""
+    base = feats.offsets[-1]
+    return CaptionTokens(torch.cat([feats.tokens, twins.tokens.tokens]),
+                         torch.cat([feats.tokens_prev, twins.tokens.tokens_prev]),
+                         torch.cat([feats.offsets, twins.tokens.offsets[1:] + base]), feats.top_layer)
+
+
 def _random_other(rng: np.random.Generator, n: int, not_this: int, size: int) -> np.ndarray:
     """``size`` random indices in [0, n) other than ``not_this``."""
     out = rng.integers(0, n - 1, size=size)
     return out + (out >= not_this)
+
+
+def _twin_rows(rng: np.random.Generator, twin_of: list[list[int]], caption: int, image: int, n: int,
+               n_captions: int, caps_of: list[list[int]]) -> np.ndarray:
+    """``n`` caption rows for one image's list: twins of ``caption`` (else of the image's other captions), as
+    rows after the split's captions; random captions of other images where the image has no twin."""
+    pool = twin_of[caption] or [t for c in caps_of[image] for t in twin_of[c]]
+    if pool:
+        return n_captions + rng.choice(pool, size=n, replace=len(pool) < n)
+    return np.array([rng.choice(caps_of[o]) for o in _random_other(rng, len(caps_of), image, n)])
 
 
 def _seed_all(seed: int) -> None:
@@ -83,8 +131,13 @@ def _seed_all(seed: int) -> None:
 def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFeatures | None,
                    dev_sims: np.ndarray | None, options: RerankTrainOptions, base_spec: str,
                    show_progress: bool = True, log: Callable[[str], None] | None = None,
-                   towers: Encoder | None = None) -> RerankTrainResult:
-    """Train a fusion model with ITM loss on positives and dual-encoder hard negatives, both directions."""
+                   towers: Encoder | None = None, twins: TwinCaptions | None = None) -> RerankTrainResult:
+    """Train a fusion model with ITM loss on positives and dual-encoder hard negatives, both directions.
+
+    ``options.compositional_negatives`` > 0 (with ``twins``, built from the same split's captions): each
+    image's caption list also holds that many composition rewrites of its captions (hard negatives that
+    differ from a true caption only in word order or one word).
+    """
     log = log or (lambda m: print(m, file=sys.stderr))
     t0 = time.monotonic()
     _seed_all(options.seed)
@@ -107,6 +160,13 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
         cfg = FusionConfig(**{**init_cfg.__dict__, "base_spec": base_spec, "train": {}})
         model = FusionModel(cfg)
         model.load_state_dict(init_model.state_dict())
+    n_twins = options.compositional_negatives
+    if n_twins and twins is None:
+        raise ValueError("compositional_negatives needs twins= (see twin_captions)")
+    n_captions = int(train.caption_image.shape[0])
+    if n_twins and len(twins.of) != n_captions:
+        raise ValueError(f"twins were made for {len(twins.of)} captions, not these {n_captions}")
+    text_feats: CaptionTokens = _joined_text(train, twins) if n_twins else train
     cap_img = train.caption_image.numpy()
     caps_of = [[] for _ in range(n_images)]
     for j, i in enumerate(cap_img.tolist()):
@@ -150,14 +210,20 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
             all_imgs = np.concatenate([imgs, nimg.reshape(-1)])
             views = rng.integers(0, n_views, size=len(all_imgs))
             regions = train.regions[torch.as_tensor(views), torch.as_tensor(all_imgs)]
-            text, mask = train.caption_batch(torch.as_tensor(np.concatenate([caps, ncap.reshape(-1)])))
+            if n_twins:  # twins of the positive caption first, else of the image's other captions
+                tcap = np.stack([_twin_rows(rng, twins.of, c, i, n_twins, n_captions, caps_of)
+                                 for c, i in zip(caps, imgs)]).astype(np.int64)
+                ncap = np.concatenate([ncap, tcap], 1)
+            text, mask = text_feats.caption_batch(torch.as_tensor(np.concatenate([caps, ncap.reshape(-1)])))
             ar = torch.arange(b)
-            neg = b + torch.arange(b * m).view(b, m)  # rows of the negatives in the image/text lists
+            mc = m + n_twins  # captions per image list beside the positive
+            neg = b + torch.arange(b * m).view(b, m)  # rows of the negative images in the image list
+            negc = b + torch.arange(b * mc).view(b, mc)  # rows of the negative captions in the text list
             # t2i list per caption: [own image, m negative images]; i2t list per image: [own caption, m negatives]
             t2i_text = ar[:, None].expand(b, m + 1)
             t2i_img = torch.cat([ar[:, None], neg], 1)
-            i2t_text = torch.cat([ar[:, None], neg], 1)
-            i2t_img = ar[:, None].expand(b, m + 1)
+            i2t_text = torch.cat([ar[:, None], negc], 1)
+            i2t_img = ar[:, None].expand(b, mc + 1)
             text_index = torch.cat([t2i_text.reshape(-1), i2t_text[:, 1:].reshape(-1)])
             image_index = torch.cat([t2i_img.reshape(-1), i2t_img[:, 1:].reshape(-1)])
             x, r = model.embed_text(text), model.embed_regions(regions)
@@ -170,17 +236,19 @@ def train_reranker(train: RerankFeatures, train_sims: np.ndarray, dev: RerankFea
                 sim = tv @ iv.T / options.itc_temperature
                 itc = 0.5 * (F.cross_entropy(sim, ar) + F.cross_entropy(sim.T, ar))
             lt = logits[: b * (m + 1)].view(b, m + 1)
-            li = torch.cat([lt[:, :1], logits[b * (m + 1):].view(b, m)], 1)
+            li = torch.cat([lt[:, :1], logits[b * (m + 1):].view(b, mc)], 1)
             labels = torch.zeros(b, m + 1)
             labels[:, 0] = 1
-            bce = 0.5 * (F.binary_cross_entropy_with_logits(lt, labels) + F.binary_cross_entropy_with_logits(li, labels))
+            labels_c = torch.zeros(b, mc + 1)
+            labels_c[:, 0] = 1
+            bce = 0.5 * (F.binary_cross_entropy_with_logits(lt, labels) + F.binary_cross_entropy_with_logits(li, labels_c))
             if options.listwise:
                 target = torch.zeros(b, dtype=torch.long)
                 loss = 0.5 * (F.cross_entropy(lt, target) + F.cross_entropy(li, target)) + options.bce_weight * bce
             else:
                 loss = bce
             loss = loss + options.itc_weight * itc
-            logits, labels = torch.cat([lt, li[:, 1:]], 1).reshape(-1), torch.cat([labels, labels[:, 1:]], 1).reshape(-1)
+            logits, labels = torch.cat([lt, li[:, 1:]], 1).reshape(-1), torch.cat([labels, labels_c[:, 1:]], 1).reshape(-1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -280,6 +348,10 @@ def model_card(result: RerankTrainResult, dataset_root: str, command: str, featu
          f"- ITM loss (binary cross-entropy): each image with one of its captions (positive), the caption with a"
          f" hard negative image from its top-{o.get('hard_k')} under the dual encoder, the image with a hard"
          f" negative caption from its top-{o.get('hard_k')} (ALBEF-style, both directions)"),
+        *([f"- composition-aware negatives: each image's caption list also holds {o['compositional_negatives']}"
+           " rewrites of its own train captions (colour swap, subject/object swap, count change, confusable noun;"
+           " `retrieval/training/negatives.py`): the same words re-ordered or one word swapped, never seen as"
+           " positives"] if o.get("compositional_negatives") else []),
         f"- AdamW lr {o.get('lr')}, weight decay {o.get('weight_decay')}, batch {o.get('batch_size')} images,"
         f" warmup {o.get('warmup_epochs')} epoch + cosine, up to {o.get('epochs')} epochs (an epoch pairs every"
         f" training image with one of its captions), early stopping on dev R@1 after reranking (first"

@@ -22,12 +22,14 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     from retrieval.training.datasets import load_dataset
     from retrieval.training.features import compute_rerank_features
     from retrieval.training.options import RerankTrainOptions
-    from retrieval.training.reranker import dual_similarity, model_card, train_reranker
+    from retrieval.training.reranker import dual_similarity, model_card, train_reranker, twin_captions
 
     if args.epochs < 1 or args.views < 0 or args.hard_k < 1 or args.negatives < 1:
         raise UsageError("--epochs, --hard-k and --negatives must be >= 1 and --views >= 0")
     if not 0 <= args.hard_negatives <= args.negatives:
         raise UsageError("--hard-negatives must be between 0 and --negatives")
+    if args.compositional_negatives < 0:
+        raise UsageError("--compositional-negatives must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set = load_dataset(args.dataset, split=args.train_split)
@@ -46,8 +48,13 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
         dev_feats = compute_rerank_features(encoder, dev_set, views=0, seed=args.seed, cache_dir=cache,
                                             show_progress=progress, log=log)
         dev_sims = dual_similarity(encoder, dev_set, cache, show_progress=progress)
+    twins = None
+    if args.compositional_negatives:
+        twins = twin_captions(encoder, train_set, cache, show_progress=progress)  # from train captions only
+        log(f"compositional negatives: {twins.count} rewrites of {sum(1 for t in twins.of if t)} of"
+            f" {len(twins.of)} {args.train_split} captions, {args.compositional_negatives} per image list")
     feature_seconds = time.monotonic() - t0
-    options = RerankTrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hard_k=args.hard_k,
+    options = RerankTrainOptions(compositional_negatives=args.compositional_negatives,epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hard_k=args.hard_k,
                                  negatives=args.negatives, hard_negatives=args.hard_negatives,
                                  patience=args.patience, seed=args.seed, width=args.width, layers=args.layers,
                                  heads=args.heads, rerank_k=args.rerank_k, region_mlp=not args.linear_regions,
@@ -60,7 +67,7 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
 
     result = train_reranker(train_feats, train_sims, dev_feats, dev_sims, options,
                             base_spec_for(_base_of(encoder)), show_progress=progress, log=log,
-                            towers=base_towers(encoder))
+                            towers=base_towers(encoder), twins=twins)
     command = "imgsearch " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     save_reranker(args.out, result.config, result.state_dict,
                   model_card(result, train_set.root, command, feature_seconds, encoder.spec))
@@ -122,6 +129,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of an in-batch contrastive loss on the fusion's inputs (align before fuse)")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="fine-tune this reranker folder instead of starting from random weights")
+    p.add_argument("--compositional-negatives", type=int, default=defaults.compositional_negatives, metavar="N",
+                   help="add N composition rewrites of the image's train captions (colour, role, count, noun swaps)"
+                        " to each image's caption list as hard negatives (default 0: none)")
     p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")

@@ -1,15 +1,16 @@
 """The web UI: a Gradio Blocks app over the imgsearch library, one module per page.
 
 ``AppState`` (state.py) holds what the pages need and talks to the library; ``render`` turns its
-results into Markdown and gallery items; ``search_page``, ``photo_page`` and ``library_page`` each
-build one tab and wire its events; ``app`` puts them together (``build_app``) and serves them
+results into Markdown and gallery items; ``search_page``, ``photo_page``, ``library_page`` and
+``duplicates_page`` each build one tab and wire its events; ``app`` puts them together (``build_app``) and serves them
 (``launch``) with the file-serving rules locked down to the indexed folders and the thumbnail cache.
 
 Endpoints (for gradio_client; parameters added later come last, with defaults):
   /search(query, k, min_relevance, rerank, taken_after="", taken_before="", folders=[], sort="relevance",
           not_text="", offset=0) -> (gallery, status, hits)
   /find_by_photo(image, k, rerank=False, text="") -> (status, captions table, similar photos)
-  /photo_details(path), /library_info(), /reindex().
+  /photo_details(path), /library_info(), /reindex(), /add_folder(path), /remove_folder(path),
+  /duplicates(threshold).
 
 A reranker (``retrieval.rerank.Reranker``, loaded by the caller) passed to ``AppState`` enables
 the "Rerank" switches: the Searcher reorders the top results with it, and the gallery labels show

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,17 @@ def make_photo(path: Path, seed: int, size: tuple[int, int] = (64, 48), fmt: str
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format=fmt)
     return path
+
+
+def wait_for(cond, timeout: float = 10.0, every: float = 0.05):
+    """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout}s: {getattr(cond, '__name__', cond)}")
 
 
 def with_date(src: Path, dest: Path, taken: str | None) -> Path:

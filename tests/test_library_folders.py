@@ -14,22 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FakeEncoder, make_photo
+from conftest import FakeEncoder, make_photo, wait_for
 from indexer.sync import FolderError, Indexer
 from retrieval.search import Searcher
 from retrieval.store import Store
 from ui.web import AppState
-
-
-def wait_for(cond, timeout: float = 10.0, every: float = 0.05):
-    """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout}s: {getattr(cond, '__name__', cond)}")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ subprocess and SIGKILLs it in the middle of a burst.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -20,23 +21,14 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, FakeEncoder, make_photo
+from conftest import wait_for as wait_within
 from indexer.sync import Indexer
 from indexer.watch import Watcher, listing
 from retrieval.search import Searcher
 from retrieval.store import Store
 
 CRASH_OK = {"faiss_stale", "faiss_missing", "missing_file"}
-
-
-def wait_for(cond, timeout: float = 8.0, every: float = 0.05):
-    """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout}s: {getattr(cond, '__name__', cond)}")
+wait_for = functools.partial(wait_within, timeout=8.0)
 
 
 def tiny_png(path: Path, i: int) -> None:

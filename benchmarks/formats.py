@@ -36,12 +36,13 @@ TARGET = 224
 XYZ_TO_SRGB = [32406, -15372, -4986, -9689, 18758, 415, 557, -2040, 10570]
 
 
-def make_dng(rgb_image: Image.Image) -> bytes:
-    """An uncompressed 12-bit RGGB DNG whose mosaic samples the (linearised) pixels of ``rgb_image``."""
+def make_dng(rgb_image: Image.Image, orientation: int = 1, taken: str = "2021:07:04 10:20:30") -> bytes:
+    """An uncompressed 12-bit RGGB DNG whose mosaic samples the (linearised) pixels of ``rgb_image``, with
+    an EXIF ``orientation`` and date ``taken``; the tests make their RAW files with it too."""
     from pidng.core import RAW2DNG, DNGTags, Tag
     from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
 
-    rgb = np.asarray(rgb_image.convert("RGB"), dtype=np.float32)
+    rgb = np.asarray(rgb_image.convert("RGB"), dtype=np.float64)
     h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
     lin = np.rint((rgb[:h, :w] / 255.0) ** 2.2 * 4095).astype(np.uint16)
     mosaic = np.empty((h, w), np.uint16)
@@ -52,13 +53,13 @@ def make_dng(rgb_image: Image.Image) -> bytes:
     tags = DNGTags()
     for tag, value in [
         (Tag.ImageWidth, w), (Tag.ImageLength, h), (Tag.TileWidth, w), (Tag.TileLength, h),
-        (Tag.Orientation, 1), (Tag.SamplesPerPixel, 1), (Tag.BitsPerSample, 12),
+        (Tag.Orientation, orientation), (Tag.SamplesPerPixel, 1), (Tag.BitsPerSample, 12),
         (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
         (Tag.CFARepeatPatternDim, [2, 2]), (Tag.CFAPattern, CFAPattern.RGGB), (Tag.BlackLevel, 0),
         (Tag.WhiteLevel, 4095), (Tag.ColorMatrix1, [[v, 10000] for v in XYZ_TO_SRGB]),
         (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
-        (Tag.Make, "Bench"), (Tag.Model, "Mosaic"), (Tag.DNGVersion, DNGVersion.V1_4),
-        (Tag.DNGBackwardVersion, DNGVersion.V1_2), (Tag.DateTimeOriginal, "2021:07:04 10:20:30"),
+        (Tag.Make, "Test"), (Tag.Model, "Mosaic"), (Tag.DNGVersion, DNGVersion.V1_4),
+        (Tag.DNGBackwardVersion, DNGVersion.V1_2), (Tag.DateTimeOriginal, taken), (Tag.DateTime, taken),
     ]:
         tags.set(tag, value)
     writer = RAW2DNG()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.formats import make_dng as benchmark_dng
 from conftest import FakeEncoder
 from indexer.scan import scan_folder
 from indexer.sync import Indexer
@@ -22,41 +23,15 @@ from retrieval.store import Store
 from retrieval.terms import stem_of
 
 rawpy = pytest.importorskip("rawpy")
-pidng_core = pytest.importorskip("pidng.core")
-from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation  # noqa: E402
+pytest.importorskip("pidng.core")  # the DNGs of these tests are made with it
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 CAT = SAMPLE / "cat_chelsea.png"  # 451 x 300
-# XYZ -> linear sRGB (x 10000), so the "camera" of these DNGs sees linear sRGB.
-XYZ_TO_SRGB = [32406, -15372, -4986, -9689, 18758, 415, 557, -2040, 10570]
 
 
 def make_dng(photo: Path, orientation: int = 1, taken: str = "2021:07:04 10:20:30") -> bytes:
     """A 12-bit RGGB DNG whose mosaic samples the (linearised) pixels of a real photo."""
-    Tag = pidng_core.Tag
-    rgb = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float64)
-    h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
-    lin = np.rint((rgb[:h, :w] / 255.0) ** 2.2 * 4095).astype(np.uint16)
-    mosaic = np.empty((h, w), np.uint16)
-    mosaic[0::2, 0::2] = lin[0::2, 0::2, 0]
-    mosaic[0::2, 1::2] = lin[0::2, 1::2, 1]
-    mosaic[1::2, 0::2] = lin[1::2, 0::2, 1]
-    mosaic[1::2, 1::2] = lin[1::2, 1::2, 2]
-    tags = pidng_core.DNGTags()
-    for tag, value in [
-        (Tag.ImageWidth, w), (Tag.ImageLength, h), (Tag.TileWidth, w), (Tag.TileLength, h),
-        (Tag.Orientation, orientation), (Tag.SamplesPerPixel, 1), (Tag.BitsPerSample, 12),
-        (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
-        (Tag.CFARepeatPatternDim, [2, 2]), (Tag.CFAPattern, CFAPattern.RGGB), (Tag.BlackLevel, 0),
-        (Tag.WhiteLevel, 4095), (Tag.ColorMatrix1, [[v, 10000] for v in XYZ_TO_SRGB]),
-        (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
-        (Tag.Make, "Test"), (Tag.Model, "Mosaic"), (Tag.DNGVersion, DNGVersion.V1_4),
-        (Tag.DNGBackwardVersion, DNGVersion.V1_2), (Tag.DateTimeOriginal, taken), (Tag.DateTime, taken),
-    ]:
-        tags.set(tag, value)
-    writer = pidng_core.RAW2DNG()
-    writer.options(tags, path="", compress=False)
-    return bytes(writer.convert(mosaic))
+    return benchmark_dng(Image.open(photo), orientation, taken)
 
 
 def correlation(a: Image.Image, b: Image.Image) -> float:

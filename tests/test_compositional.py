@@ -21,13 +21,7 @@ IMAGES = 32
 TRAIN_CAPTIONS = 3  # per image; the other two of each image are held back, and so are their twins
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny fusion models train faster on one intra-op thread than on two busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny fusion models train faster on one thread
 
 
 @pytest.mark.slow

@@ -38,13 +38,7 @@ needs_flickr = pytest.mark.skipif(not (FLICKR8K / "captions.jsonl").is_file(),
                                   reason=f"Flickr8k not found at {FLICKR8K} (../shared/data/flickr8k from the repo)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny fusion models train ~20x faster on one intra-op thread than on two busy cores (same results)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny fusion models train faster on one thread
 
 
 def _save_random(folder: Path, seed: int = 0, **config) -> tuple[FusionConfig, FusionModel]:

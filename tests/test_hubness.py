@@ -175,11 +175,11 @@ def test_fit_hubness_cli_writes_a_correction_that_eval_uses(tmp_path, capsys):
     shutil.copytree(SHIPPED, heads, ignore=shutil.ignore_patterns(HUBNESS_FILE, "reranker"))
     before = json.loads((heads / "heads.json").read_text())
     rc = main(["fit-hubness", str(data), "--model", f"heads:{heads}", "--bank", "150", "--json", "--no-progress",
-               "--blend", "0.75", "--flip-average", "off"])  # search options are set first, then the banks fitted
+               "--blend", "0.75", "--flip-average", "off", "--short-text-blend", "0.5"])  # search options are set first, then the banks fitted
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     config = json.loads((heads / "heads.json").read_text())
-    assert config["blend"] == 0.75 and config["flip_average"] is False
+    assert config["blend"] == 0.75 and config["flip_average"] is False and config["short_text_blend"] == 0.5
     # provenance: the blend the heads were selected at
     assert config["train"]["trained_blend"] == before["train"].get("trained_blend", before["blend"])
     if summary["out"] is None:  # nothing helped on this small dev split: then nothing may be written

@@ -101,6 +101,25 @@ def state_digest(modules: Iterable[torch.nn.Module], extra: str = "", n: int = 6
     return h.hexdigest()[:16]
 
 
+SHORT_TEXT_WORDS = 3
+"""Texts of at most this many words get the encoder's ``short_text_mix`` (see :func:`remix_short_texts`)."""
+
+
+def remix_short_texts(texts: Sequence[str], vectors: np.ndarray, mix: tuple[int, float, float] | None) -> np.ndarray:
+    """Re-weight the two parts of short texts' blended vectors ``[learned (first n dims), label bridge]``
+    by ``mix = (n, learned scale, bridge scale)`` and renormalise: one- to three-word queries ("kitty",
+    "chess") lean more on the ImageNet label bridge, whose vocabulary is broader than Flickr8k's."""
+    if mix is None:
+        return vectors
+    n, a, b = mix
+    rows = [i for i, t in enumerate(texts) if len(t.split()) <= SHORT_TEXT_WORDS]
+    if rows:
+        part = vectors[rows]
+        part = np.concatenate([a * part[:, :n], b * part[:, n:]], axis=1)
+        vectors[rows] = part / np.linalg.norm(part, axis=1, keepdims=True).clip(1e-12)
+    return vectors
+
+
 class EncoderBase:
     """Shared batching for encoders: subclasses supply preprocess/encode_pixels/_encode_text_batch."""
 
@@ -111,6 +130,7 @@ class EncoderBase:
     batch_size: int = 32
     text_batch_size: int = 128
     hubness = None  # a Hubness that reorders search results (trained heads may ship one), or None
+    short_text_mix: tuple[int, float, float] | None = None  # see remix_short_texts; None: texts as embedded
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -140,7 +160,7 @@ class EncoderBase:
                               for batch in batched(order, self.text_batch_size)])
         result = np.empty_like(out)
         result[order] = out
-        return result
+        return remix_short_texts(texts, result, self.short_text_mix)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec} dim={self.dim} fp={self.fingerprint}>"

@@ -55,6 +55,9 @@ class HeadsConfig:
     blend: float = 0.7  # w: weight of the learned similarity in the final cosine
     image_blend_input: str = "bridge"  # base-space features used for the (1 - w) part
     text_blend_input: str = "minilm"
+    # w for texts of at most SHORT_TEXT_WORDS words ("kitty", "chess"), which lean more on the label bridge;
+    # None: ``blend`` for every text. Query-side only: photo vectors, and so the fingerprint, stay as they are.
+    short_text_blend: float | None = None
     members: int = 1  # independently trained head pairs, their unit embeddings concatenated (an ensemble)
     ensemble_dim: int = 0  # >0: the members' joined embedding projected to this width (PCA fitted on train)
     text_layers: int = 0  # 1: a trained copy of MiniLM's last layer feeds the text head (bundled towers only)
@@ -70,6 +73,11 @@ class HeadsConfig:
         cfg = config_from_dict(cls, data, "heads", FORMAT_VERSION)
         if not 0.0 <= cfg.blend <= 1.0:
             raise WeightsError(f"heads config blend must be in [0, 1], got {cfg.blend}")
+        stb = cfg.short_text_blend
+        if stb is not None and (isinstance(stb, bool) or not isinstance(stb, (int, float)) or not 0.0 <= stb <= 1.0
+                                or not 0.0 < cfg.blend < 1.0):
+            raise WeightsError(f"heads config short_text_blend must be null, or in [0, 1] with a blend strictly "
+                               f"between 0 and 1; got {stb!r} with blend {cfg.blend}")
         if not isinstance(cfg.members, int) or cfg.members < 1:
             raise WeightsError(f"heads config members must be a whole number >= 1, got {cfg.members!r}")
         if not isinstance(cfg.ensemble_dim, int) or not 0 <= cfg.ensemble_dim <= cfg.embed_dim * cfg.members \
@@ -100,6 +108,7 @@ class HeadsConfig:
         """The config without provenance: what changes the vectors."""
         data = asdict(self)
         data.pop("train", None)
+        data.pop("short_text_blend")  # re-weights query texts only; stored photo vectors do not change
         if data["members"] == 1:  # as before ensembles existed: single heads keep their fingerprint
             data.pop("members")
             data.pop("ensemble_dim")
@@ -374,8 +383,8 @@ def load_config(folder: str | os.PathLike) -> HeadsConfig:
 
 
 def set_search_options(folder: str | os.PathLike, blend: float | None = None,
-                       flip_average: bool | None = None) -> HeadsConfig:
-    """Change how a heads folder composes its vectors (the blend w, flip averaging) without retraining;
+                       flip_average: bool | None = None, short_text_blend: float | None = None) -> HeadsConfig:
+    """Change how a heads folder composes its vectors (the blend w, short texts' w, flip averaging) without retraining;
     rewrites ``heads.json`` (keeping the trained blend as ``train.trained_blend``) and returns the config.
     Any hubness correction in the folder was fitted to the old vectors: fit it again."""
     config = load_config(folder)
@@ -385,6 +394,8 @@ def set_search_options(folder: str | os.PathLike, blend: float | None = None,
         data["blend"] = float(blend)
     if flip_average is not None:
         data["flip_average"] = bool(flip_average)
+    if short_text_blend is not None:
+        data["short_text_blend"] = float(short_text_blend)
     config = HeadsConfig.from_dict(data)
     _write_config(folder, config)
     return config
@@ -450,6 +461,9 @@ class TrainedEncoder(EncoderBase):
         self.fingerprint = f"heads:{digest}"
         # search-time only: reorders results, leaves the vectors (and so the fingerprint) alone
         self.hubness = load_hubness(self.folder, self.dim)
+        stb = self.config.short_text_blend
+        if stb is not None and stb != w:  # short texts: their two parts re-weighted from w to stb
+            self.short_text_mix = (learned, math.sqrt(stb / w), math.sqrt((1 - stb) / (1 - w)))
         self._text_names = list(dict.fromkeys(self.config.text_inputs + [self.config.text_blend_input]))
         tokens = [TOKEN_STATES, TOKEN_MASK] if self.rich and self.config.text_layers else []
         self._text_vectors = TracedForward(TextVectors(self.heads, self.config, self._text_names + tokens))

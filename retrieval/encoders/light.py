@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 GRAPH_FORMAT = 1  # bump when the code of the exported graphs changes: old files are then ignored
 OPSET = 17
 TEXT_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TEXT_MAX_LENGTH = 128  # MiniLMTower.max_length
@@ -172,7 +172,8 @@ def write_manifest(encoder: Any, settings: Settings | None = None) -> Path | Non
     hubness = getattr(encoder, "folder", None) if getattr(encoder, "hubness", None) is not None else None
     data = {"identity": identity(encoder.spec), "fingerprint": encoder.fingerprint, "dim": int(encoder.dim),
             "image_size": int(encoder.image_size), "region_key": getattr(encoder, "region_key", None),
-            "hubness_folder": hubness, "image_graph": graph_stamp(image.path), "text_graph": graph_stamp(text.path)}
+            "hubness_folder": hubness, "image_graph": graph_stamp(image.path), "text_graph": graph_stamp(text.path),
+            "short_text_mix": getattr(encoder, "short_text_mix", None)}
     path = manifest_path(encoder.spec, settings)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
@@ -230,6 +231,8 @@ class LightEncoder(EncoderBase):
         self.fingerprint = str(manifest["fingerprint"])
         self.dim, self.image_size = int(manifest["dim"]), int(manifest["image_size"])
         self.region_key = manifest.get("region_key")
+        mix = manifest.get("short_text_mix")
+        self.short_text_mix = (int(mix[0]), float(mix[1]), float(mix[2])) if mix else None
         self.folder = settings.cache_dir / "onnx"
         self.hubness = None
         if manifest.get("hubness_folder"):

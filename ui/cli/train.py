@@ -96,10 +96,13 @@ def cmd_fit_hubness(args: argparse.Namespace) -> int:
         raise UsageError(f"{encoder.spec} has no heads folder to hold a hubness correction (use default or heads:<folder>)")
     if encoder.spec == "default-fast":
         raise UsageError("fit the correction for 'default': 'default-fast' uses the same heads folder and banks")
-    if args.blend is not None or args.flip_average is not None:
+    if args.short_text_blend is not None and not 0.0 <= args.short_text_blend <= 1.0:
+        raise UsageError("--short-text-blend must be between 0 and 1")
+    if args.blend is not None or args.flip_average is not None or args.short_text_blend is not None:
         config = set_search_options(encoder.folder, args.blend, None if args.flip_average is None
-                                    else args.flip_average == "on")
-        log(f"{encoder.folder}: blend {config.blend}, flip averaging {'on' if config.flip_average else 'off'}")
+                                    else args.flip_average == "on", args.short_text_blend)
+        log(f"{encoder.folder}: blend {config.blend}, short texts {config.short_text_blend}, "
+            f"flip averaging {'on' if config.flip_average else 'off'}")
         encoder = TrainedEncoder(encoder.folder, spec=encoder.spec, base=encoder.base)  # the towers are reused
     train_set = load_dataset(args.dataset, split=args.train_split)
     dev_set = load_dataset(args.dataset, split=args.dev_split)
@@ -178,6 +181,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dev-split", default="dev", help="split on which k and beta are chosen")
     p.add_argument("--blend", type=float, default=None, metavar="W",
                    help="first set the heads' blend w (weight of the learned similarity) in heads.json; no retraining")
+    p.add_argument("--short-text-blend", type=float, default=None, metavar="W",
+                   help="first set the blend w of texts of 1-3 words (queries such as 'kitty') in heads.json")
     p.add_argument("--flip-average", choices=("on", "off"), default=None,
                    help="first turn averaging each photo with its mirror image on or off in heads.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

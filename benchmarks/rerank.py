@@ -56,6 +56,7 @@ def rerank_latency(encoder, reranker_spec: str, folder: Path, data_dir: Path, re
             reranker.itm_scores(list(QUERIES * 2)[:rerank_k], one)
             caption_side.append((time.perf_counter() - t) * 1000)
         info = store.region_info()
+        by_engine = rerank_by_engine(searcher, encoder, reranker, regions, repeats)
     finally:
         store.close()
     res = {"rerank_k": rerank_k, "rerank_model": reranker.spec, "rerank_candidates": int(len(found)),
@@ -67,7 +68,31 @@ def rerank_latency(encoder, reranker_spec: str, folder: Path, data_dir: Path, re
            "rerank_overhead_p50_ms": float(np.percentile(reranked, 50) - np.percentile(plain, 50)),
            "rerank_itm_only_p50_ms": float(np.percentile(itm_only, 50)),
            "rerank_captions_itm_p50_ms": float(np.percentile(caption_side, 50)),
-           "region_bytes_per_image": info.get("bytes_per_image")}
+           "region_bytes_per_image": info.get("bytes_per_image"), **by_engine}
     log(f"  search {res['search_p50_ms']:.1f} ms, + rerank top {rerank_k}: {res['search_rerank_p50_ms']:.1f} ms p50 "
         f"({res['search_rerank_p95_ms']:.1f} p95); {res['region_bytes_per_image']} region bytes per photo")
+    return res
+
+
+def rerank_by_engine(searcher, encoder, reranker, regions: np.ndarray, repeats: int) -> dict:
+    """Reranked search and the fusion model alone, p50 ms, on torch and on ONNX Runtime side by side
+    (``..._torch``, ``..._onnx``); empty when the reranker does not run on ONNX Runtime."""
+    from retrieval.encoders.runtime import use_engine
+
+    if getattr(reranker, "engine", None) != "onnx":
+        return {}
+    res = {}
+    for name in ("torch", "onnx"):
+        with use_engine(encoder, name), use_engine(reranker, name):
+            searcher.search_text(QUERIES[0], k=10, rerank=True)  # warm up
+            full, itm = [], []
+            for q in QUERIES * repeats:
+                t = time.perf_counter()
+                searcher.search_text(q, k=10, rerank=True)
+                full.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                reranker.itm_scores([q], regions)
+                itm.append((time.perf_counter() - t) * 1000)
+        res[f"search_rerank_p50_ms_{name}"] = float(np.percentile(full, 50))
+        res[f"rerank_itm_only_p50_ms_{name}"] = float(np.percentile(itm, 50))
     return res

@@ -97,7 +97,60 @@ def test_a_damaged_or_stale_manifest_is_not_used(light_default, tmp_path):
     assert light.light_encoder("default", settings=Settings(cache=tmp_path, engine="torch")) is None
 
 
-def test_index_search_and_serve_import_neither_torch_nor_transformers(light_default, tmp_path):
+@pytest.fixture(scope="module")
+def light_rerank(light_default):
+    """The bundled reranker beside the light encoder: the torch-built one (which caches its graph and manifest),
+    then the LightReranker read back from them."""
+    from retrieval.rerank import create_reranker
+    from retrieval.rerank.fusion import FusionReranker
+    from retrieval.rerank.light import LightReranker, reranker_manifest_path
+    from retrieval.rerank.registry import BUNDLED_RERANKER_DIR
+
+    reranker_manifest_path(BUNDLED_RERANKER_DIR, Settings.from_env()).unlink(missing_ok=True)
+    built = create_reranker("default", encoder=light_default)
+    assert isinstance(built, FusionReranker)  # nothing cached for it: built on torch, which writes the manifest
+    again = create_reranker("default", encoder=light_default)
+    assert isinstance(again, LightReranker)
+    return built, again
+
+
+def test_light_reranker_gives_the_torch_rerankers_scores(light_rerank, light_default):
+    built, lite = light_rerank
+    assert (lite.fingerprint, lite.region_key, lite.alpha, lite.caption_alpha) == \
+        (built.fingerprint, built.region_key, built.alpha, built.caption_alpha)
+    images = [Image.open(SAMPLE / n).convert("RGB") for n in PHOTOS]
+    regions = lite.encode_regions(images)
+    assert regions.dtype == np.float16 and regions.shape == (len(PHOTOS), 49, 320)
+    np.testing.assert_allclose(regions.astype(np.float32), built.encode_regions(images).astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
+    with use_engine(built, "torch"):
+        for texts, regs in (([TEXTS[4]], regions), (TEXTS, regions[:1]), (TEXTS[:4], regions), ([LONG], regions[:2])):
+            want = built.itm_scores(texts, regs)
+            np.testing.assert_allclose(lite.itm_scores(texts, regs), want, atol=1e-4)
+    assert np.ptp(want) > 0.05
+    with pytest.raises(ValueError):
+        lite.itm_scores(TEXTS[:2], regions[:3])  # neither side broadcasts
+    stale = Settings(cache=Settings.from_env().cache_dir, engine="torch")
+    from retrieval.rerank.light import light_reranker
+
+    assert light_reranker(built.folder, "default", light_default, settings=stale) is None  # torch asked for
+    assert light_reranker(built.folder, "default", built.towers) is None  # a torch-built encoder: torch reranker
+    from retrieval.rerank.light import reranker_manifest_path
+
+    path = reranker_manifest_path(built.folder, Settings.from_env())
+    good = path.read_text()
+    data = json.loads(good)
+    try:
+        for damaged in ("{", json.dumps({**data, "graph": {**data["graph"], "size": 1}}),
+                        json.dumps({k: v for k, v in data.items() if k != "alpha"})):
+            path.write_text(damaged)
+            assert light_reranker(built.folder, "default", light_default) is None
+    finally:
+        path.write_text(good)
+    assert light_reranker(built.folder, "default", light_default) is not None
+
+
+def test_index_search_and_serve_import_neither_torch_nor_transformers(light_default, light_rerank, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     for n in PHOTOS:
@@ -105,6 +158,7 @@ def test_index_search_and_serve_import_neither_torch_nor_transformers(light_defa
     db = tmp_path / "db"
     script = ("import json, sys\nfrom ui.cli import main\n"
               f"assert main(['index', {str(photos)!r}, '--db', {str(db)!r}]) in (0, None)\n"
+              f"assert main(['search', 'a dog', '--db', {str(db)!r}, '--rerank', '--json']) in (0, None)\n"
               f"code = main(['search', 'a cat', '--db', {str(db)!r}, '--json', '-k', '2'])\n"
               "import ui.cli.serve, ui.web.app\n"
               "print(json.dumps([m for m in ('torch', 'transformers', 'torchvision') if m in sys.modules]), "
@@ -113,9 +167,14 @@ def test_index_search_and_serve_import_neither_torch_nor_transformers(light_defa
                          env={**os.environ, "IMGSEARCH_CACHE": str(Settings.from_env().cache_dir)})
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stderr.strip().splitlines()[-1]) == []
-    hits = json.loads(run.stdout)
-    results = hits["results"] if isinstance(hits, dict) else hits
+    decoder, docs, at = json.JSONDecoder(), [], 0
+    while at < len(run.stdout.strip()):  # the reranked search's JSON, then the plain one's
+        doc, end = decoder.raw_decode(run.stdout, at)
+        docs.append(doc["results"] if isinstance(doc, dict) else doc)
+        at = end + 1
+    reranked, results = docs
     assert Path(results[0]["path"]).name == "cat_chelsea.png"
+    assert len(reranked) == len(PHOTOS) and "dog" not in reranked[0]["path"]  # ranked all, without torch
     from retrieval.store import Store
 
     with Store(db) as store:  # indexed by the light encoder, under the torch-built encoder's fingerprint

@@ -90,6 +90,30 @@ def test_text_vectors_match_torch(encoder):
 
 
 @pytest.mark.slow
+def test_reranker_scores_match_torch(default_encoder, pixels):
+    """The fusion reranker's query path (token states + fusion model) runs as one graph: same logits."""
+    from retrieval.rerank import create_reranker
+
+    if runtime.load_onnxruntime() is None:
+        pytest.skip("onnxruntime is not installed")
+    reranker = create_reranker("default", encoder=default_encoder)
+    assert reranker.engine == "onnx"
+    with use_engine(default_encoder, "torch"):
+        _, regions = default_encoder.encode_pixels_with_regions(pixels)
+    many = [TEXTS[i % 3] for i in range(70)]  # over one batch of pairs
+    for texts, regs in (([TEXTS[1]], regions), (many, regions[:1]), (TEXTS, regions[:3]), ([LONG], regions[:2]),
+                        (many[:len(PHOTOS)], regions)):
+        with use_engine(reranker, "torch"):
+            want = reranker.itm_scores(texts, regs)
+        got = reranker.itm_scores(texts, regs)
+        assert got.dtype == np.float32 and got.shape == want.shape == (max(len(texts), len(regs)),)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.ptp(want) > 0.1  # the photos score differently: not one constant
+    padded = reranker.itm_scores([TEXTS[0], LONG], regions[:2])[0]
+    np.testing.assert_allclose(padded, reranker.itm_scores([TEXTS[0]], regions[:1])[0], atol=1e-4)
+
+
+@pytest.mark.slow
 def test_graphs_are_cached_under_the_fingerprint(encoder):
     with use_engine(encoder, "onnx"):
         encoder.encode_texts(["a dog"])
@@ -111,7 +135,7 @@ class Tiny(torch.nn.Module):
 
 def tiny_graph(folder: Path) -> runtime.OnnxGraph:
     return runtime.OnnxGraph(Tiny, lambda: (torch.ones(2, 4),), ["x"], ["y"], {"x": {0: "n"}, "y": {0: "n"}},
-                             "tiny", "key", folder, torch.device("cpu"), threads=1)
+                             "tiny", "key", folder, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
@@ -145,7 +169,7 @@ def test_exporting_leaves_each_shared_module_in_its_own_mode(tmp_path):
         before = tower(x)
     wrapper = torch.nn.Sequential(tower, torch.nn.Dropout(0.1))  # one wrapper in training mode, one tower in eval
     graph = runtime.OnnxGraph(lambda: wrapper, lambda: (torch.ones(2, 4),), ["x"], ["y"], {"x": {0: "n"}, "y": {0: "n"}},
-                              "shared", "key", tmp_path, torch.device("cpu"), threads=1)
+                              "shared", "key", tmp_path, torch.device("cpu"))
     got = graph.run(x=x.numpy())[0]
     assert wrapper.training and not any(m.training for m in tower.modules())
     with torch.no_grad():

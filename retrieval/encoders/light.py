@@ -70,17 +70,45 @@ def load_onnxruntime():
     return onnxruntime
 
 
+_pool_lock = threading.Lock()
+_pool_threads: list[int] = []  # the process-wide intra-op pool's size, once made (empty: none, or not available)
+
+
+def shared_pool(threads: int) -> bool:
+    """Make the process-wide intra-op thread pool of ``threads`` on first call; True when CPU sessions share it.
+
+    A query runs the text graph and then the rerank graph: with a pool per session, the first session's
+    threads still spin while the second runs, and the two fight over the cores. One pool does not."""
+    with _pool_lock:
+        if not _pool_threads:
+            try:
+                from onnxruntime.capi import _pybind_state
+
+                _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            except (ImportError, AttributeError, RuntimeError) as e:  # an older runtime, or one already started
+                log.debug("onnxruntime sessions keep their own threads (%s)", e)
+                _pool_threads.append(0)
+            else:
+                _pool_threads.append(threads)
+        return _pool_threads[0] > 0
+
+
 def open_session(model: str | bytes, threads: int | None = None, device_id: int | None = None):
     """An onnxruntime session of a graph (a path or its bytes), fully optimised, errors-only logging; on CUDA
-    ``device_id`` when given. ``threads`` default: the cores this process may use."""
+    ``device_id`` when given. CPU sessions share one intra-op thread pool, sized by the first one's
+    ``threads`` (default: the cores this process may use)."""
     ort = load_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     options.log_severity_level = 3  # errors only: optimiser notes would clutter stderr
+    threads = threads or len(os.sched_getaffinity(0))
     providers: list = ["CPUExecutionProvider"]
     if device_id is not None:
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+    if device_id is None and shared_pool(threads):
+        options.use_per_session_threads = False  # (a thread count set here would be ignored, with a warning)
+    else:
+        options.intra_op_num_threads = threads
     return ort.InferenceSession(model, options, providers=providers)
 
 

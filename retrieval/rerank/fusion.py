@@ -110,11 +110,22 @@ class FusionLayer(torch.nn.Module):
         """Cross-attention keys and values of embedded region tokens (computed once per image)."""
         return self.attn_cross.keys_values(self.norm_regions(regions))
 
+    def _traceable_self_attention(self, h: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """``attn_self`` (eval mode) written out: traced, ``nn.MultiheadAttention`` fixes the batch and token
+        counts of the example into the exported graph."""
+        a = self.attn_self
+        n, L, w = h.shape
+        q, k, v = (t.view(n, L, a.num_heads, w // a.num_heads).transpose(1, 2)
+                   for t in F.linear(h, a.in_proj_weight, a.in_proj_bias).chunk(3, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :])
+        return a.out_proj(y.transpose(1, 2).reshape(n, L, w))
+
     def forward(self, x: torch.Tensor, pad: torch.Tensor, regions: torch.Tensor | None, image_index: torch.Tensor,
                 memory: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.self_attention:
             h = self.norm_self(x)
-            x = x + self.drop(self.attn_self(h, h, h, key_padding_mask=pad, need_weights=False)[0])
+            x = x + self.drop(self._traceable_self_attention(h, pad) if torch.jit.is_tracing() else
+                              self.attn_self(h, h, h, key_padding_mask=pad, need_weights=False)[0])
         k, v = memory if memory is not None else self.region_memory(regions)
         x = x + self.drop(self.attn_cross(self.norm_cross(x), k[image_index], v[image_index]))
         return x + self.drop(self.ffn(self.norm_ffn(x)))
@@ -233,6 +244,24 @@ def load_fusion(folder: str | os.PathLike) -> tuple[FusionConfig, FusionModel]:
     return cfg, model
 
 
+class RerankGraph(torch.nn.Module):
+    """(token ids, regions, pair indices) -> match logits: the text tower's token states and the fusion
+    model in one computation, which ONNX Runtime runs at query time."""
+
+    def __init__(self, states: torch.nn.Module, model: FusionModel) -> None:
+        super().__init__()
+        self.states, self.model = states, model
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
+                regions: torch.Tensor, text_index: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        x = self.model.embed_text(self.states(input_ids, token_type_ids, attention_mask))
+        r = self.model.embed_regions(regions)
+        return self.model(x, attention_mask.bool(), r, image_index=image_index, text_index=text_index, embedded=True)
+
+
+RERANK_INPUTS = ["input_ids", "token_type_ids", "attention_mask", "regions", "text_index", "image_index"]
+
+
 # -- the reranker ----------------------------------------------------------------------------
 
 class FusionReranker:
@@ -262,6 +291,8 @@ class FusionReranker:
         self.caption_alpha = float(self.config.caption_alpha)
         self.region_key = towers.region_key
         self.fingerprint = "fusion:" + state_digest([self.model], towers.fingerprint + self.config.semantic_json())
+        self.engine = towers.engine  # onnx: itm_scores (the query path) runs on ONNX Runtime
+        self._graph = None
 
     def _reads(self, towers) -> bool:
         """True when ``towers`` (a ``DefaultEncoder``) give the regions this reranker was trained on."""
@@ -292,6 +323,8 @@ class FusionReranker:
             raise ValueError(f"cannot pair {len(texts)} texts with {regions.shape[0]} region sets")
         if n == 0:
             return np.zeros(0, np.float32)
+        if self.engine == "onnx":
+            return self._itm_onnx(texts, regions, n)
         r = self.model.embed_regions(torch.from_numpy(regions.astype(np.float32)).to(self.device))
         out = []
         for s in range(0, n, self.batch_size):
@@ -306,6 +339,44 @@ class FusionReranker:
                 rr, ii = r[s:e], torch.arange(e - s)
             out.append(self.model(x, mask.bool(), rr, image_index=ii, text_index=ti, embedded=True).float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
+
+    def _itm_onnx(self, texts: list[str], regions: np.ndarray, n: int) -> np.ndarray:
+        """``itm_scores`` on ONNX Runtime, in the same batches of pairs."""
+        from .light import TEXT_MAX_TOKENS, run_rerank_graph
+
+        tokenizer = self.towers.text_tower.tokenizer
+
+        def tokenize(batch: list[str]) -> dict[str, np.ndarray]:
+            enc = tokenizer(batch, padding=True, truncation=True, max_length=TEXT_MAX_TOKENS, return_tensors="np")
+            ids = enc["input_ids"].astype(np.int64)
+            types = enc.get("token_type_ids")
+            return {"input_ids": ids, "attention_mask": enc["attention_mask"].astype(np.int64),
+                    "token_type_ids": np.zeros_like(ids) if types is None else types.astype(np.int64)}
+
+        return run_rerank_graph(self.onnx_graph().session(), tokenize, texts, regions.astype(np.float32), n,
+                                self.batch_size)
+
+    def onnx_graph(self):
+        """The exported ``RerankGraph``, keyed by this reranker's fingerprint (built on first use)."""
+        if self._graph is None:
+            from ..encoders.runtime import OnnxGraph
+
+            settings, device = self.towers.graphs.settings, self.device
+
+            def example() -> tuple[torch.Tensor, ...]:
+                enc = self.towers.text_tower.numpy_inputs(["a photo", "two dogs playing in the snow"])
+                ids = [torch.from_numpy(enc[k]).to(device) for k in RERANK_INPUTS[:3]]
+                regions = torch.zeros(2, self.config.num_regions, self.config.region_dim, device=device)
+                index = torch.tensor([0, 1, 1], device=device)
+                return (*ids, regions, index, index.flip(0))
+
+            axes = {k: {0: "texts", 1: "tokens"} for k in RERANK_INPUTS[:3]}
+            axes.update(regions={0: "images"}, text_index={0: "pairs"}, image_index={0: "pairs"},
+                        logits={0: "pairs"})
+            self._graph = OnnxGraph(lambda: RerankGraph(self.towers.text_tower.states_module(), self.model),
+                                    example, RERANK_INPUTS, ["logits"], axes, "rerank", self.fingerprint,
+                                    settings.cache_dir / "onnx", device, settings.onnx_threads)
+        return self._graph
 
     @torch.inference_mode()
     def itm_pairs(self, texts: Sequence[str], regions: np.ndarray, text_index: np.ndarray, image_index: np.ndarray,

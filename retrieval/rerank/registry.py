@@ -27,13 +27,28 @@ def bundled_reranker_installed() -> bool:
     return os.path.isfile(os.path.join(BUNDLED_RERANKER_DIR, BUNDLED_RERANKER_FILE)) and towers_installed()
 
 
+def fusion_reranker(folder: str, spec: str, encoder: Any = None, device: str | None = None) -> Reranker:
+    """The fusion reranker in ``folder``: light (ONNX Runtime only) beside a light search encoder when its
+    graph is cached, else built on the torch towers (which, beside a light encoder, then caches that graph)."""
+    from .light import light_reranker, write_reranker_manifest
+
+    reranker = light_reranker(folder, spec, encoder, device)
+    if reranker is not None:
+        return reranker
+    from ..encoders.light import LightEncoder
+    from .fusion import FusionReranker
+
+    reranker = FusionReranker(folder, spec=spec, encoder=encoder, device=device)
+    if isinstance(encoder, LightEncoder):
+        write_reranker_manifest(reranker)
+    return reranker
+
+
 def _bundled(name: str, encoder: Any = None, device: str | None = None) -> Reranker:
     """``default``: the bundled fusion reranker on the bundled towers."""
-    from .fusion import WEIGHTS_FILE, FusionReranker
-
-    if not os.path.isfile(os.path.join(BUNDLED_RERANKER_DIR, WEIGHTS_FILE)):
-        raise EncoderSpecError(f"no bundled reranker: {BUNDLED_RERANKER_DIR} has no {WEIGHTS_FILE}")
-    return FusionReranker(BUNDLED_RERANKER_DIR, spec="default", encoder=encoder, device=device)
+    if not os.path.isfile(os.path.join(BUNDLED_RERANKER_DIR, BUNDLED_RERANKER_FILE)):
+        raise EncoderSpecError(f"no bundled reranker: {BUNDLED_RERANKER_DIR} has no {BUNDLED_RERANKER_FILE}")
+    return fusion_reranker(BUNDLED_RERANKER_DIR, "default", encoder, device)
 
 
 def _fusion(arg: str, encoder: Any = None, device: str | None = None) -> Reranker:
@@ -41,9 +56,7 @@ def _fusion(arg: str, encoder: Any = None, device: str | None = None) -> Reranke
     folder = arg.strip()
     if not folder or not os.path.isdir(folder):
         raise EncoderSpecError(f"cannot load reranker fusion:{arg} — no such folder: {folder or '(empty)'}")
-    from .fusion import FusionReranker
-
-    return FusionReranker(folder, spec=f"fusion:{os.path.abspath(folder)}", encoder=encoder, device=device)
+    return fusion_reranker(folder, f"fusion:{os.path.abspath(folder)}", encoder, device)
 
 
 def _hf_blip(arg: str, encoder: Any = None, device: str | None = None) -> Reranker:

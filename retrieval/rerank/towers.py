@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import EncoderSpecError
+from .light import TEXT_MAX_TOKENS
 
 if TYPE_CHECKING:
     from ..encoders.default import DefaultEncoder
 
-TEXT_MAX_TOKENS = 64
 
 
 def base_towers(encoder: Any) -> DefaultEncoder | None:

@@ -202,12 +202,17 @@ def write_manifest(encoder: Any, settings: Settings | None = None) -> Path | Non
             "image_size": int(encoder.image_size), "region_key": getattr(encoder, "region_key", None),
             "hubness_folder": hubness, "image_graph": graph_stamp(image.path), "text_graph": graph_stamp(text.path),
             "short_text_mix": getattr(encoder, "short_text_mix", None)}
-    path = manifest_path(encoder.spec, settings)
+    return write_json_atomic(manifest_path(encoder.spec, settings), data)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> Path | None:
+    """Write ``data`` as JSON to ``path`` through a temporary file; None when the cache cannot be written
+    (a read-only cache: later runs take the torch path again)."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
         os.replace(tmp, path)
-    except OSError:  # a read-only cache: later runs take the torch path again
+    except OSError:
         tmp.unlink(missing_ok=True)
         return None
     return path

@@ -312,15 +312,10 @@ class FusionReranker:
     @torch.inference_mode()
     def itm_scores(self, texts: Sequence[str], regions: np.ndarray) -> np.ndarray:
         """Matching logits for aligned (text, regions) pairs; a single text or region broadcasts."""
+        from .light import paired
         from .towers import text_token_states
 
-        texts = [" ".join(str(t).split()) for t in texts]
-        regions = np.asarray(regions)
-        if regions.ndim != 3:
-            raise ValueError(f"regions must be (n, R, C), got shape {regions.shape}")
-        n = max(len(texts), regions.shape[0])
-        if len(texts) not in (1, n) or regions.shape[0] not in (1, n):
-            raise ValueError(f"cannot pair {len(texts)} texts with {regions.shape[0]} region sets")
+        texts, regions, n = paired(texts, regions)
         if n == 0:
             return np.zeros(0, np.float32)
         if self.engine == "onnx":

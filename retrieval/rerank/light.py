@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..encoders.light import (MiniLMTokens, code_digest, file_digest, graph_stamp, load_onnxruntime,
-                              minilm_tokenizer_file, open_session, package_version, PACKAGES)
+                              minilm_tokenizer_file, open_session, package_version, write_json_atomic, PACKAGES)
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,7 @@ def write_reranker_manifest(reranker: Any, settings: Settings | None = None) -> 
             "fingerprint": reranker.fingerprint, "alpha": reranker.alpha, "caption_alpha": reranker.caption_alpha,
             "region_key": reranker.region_key, "region_shape": [reranker.config.num_regions, reranker.config.region_dim],
             "graph": graph_stamp(graph.path)}
-    path = reranker_manifest_path(reranker.folder, settings)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache: later runs take the torch path again
-        tmp.unlink(missing_ok=True)
-        return None
-    return path
+    return write_json_atomic(reranker_manifest_path(reranker.folder, settings), data)
 
 
 def read_reranker_manifest(folder: str | os.PathLike, settings: Settings) -> dict[str, Any] | None:
@@ -136,17 +128,24 @@ class LightReranker:
 
     def itm_scores(self, texts: Sequence[str], regions: np.ndarray) -> np.ndarray:
         """Matching logits for aligned (text, regions) pairs; a single text or region broadcasts."""
-        texts = [" ".join(str(t).split()) for t in texts]
-        regions = np.asarray(regions)
-        if regions.ndim != 3:
-            raise ValueError(f"regions must be (n, R, C), got shape {regions.shape}")
-        n = max(len(texts), regions.shape[0])
-        if len(texts) not in (1, n) or regions.shape[0] not in (1, n):
-            raise ValueError(f"cannot pair {len(texts)} texts with {regions.shape[0]} region sets")
+        texts, regions, n = paired(texts, regions)
         return run_rerank_graph(self.session(), self.tokenize, texts, regions.astype(np.float32), n, self.batch_size)
 
     def __repr__(self) -> str:
         return f"<LightReranker {self.spec} alpha={self.alpha} fp={self.fingerprint}>"
+
+
+def paired(texts: Sequence[str], regions: np.ndarray) -> tuple[list[str], np.ndarray, int]:
+    """Whitespace-normalised texts, regions as an array, and the number of pairs they make (either side may be
+    a single entry, which pairs with every entry of the other); ValueError when they cannot pair."""
+    texts = [" ".join(str(t).split()) for t in texts]
+    regions = np.asarray(regions)
+    if regions.ndim != 3:
+        raise ValueError(f"regions must be (n, R, C), got shape {regions.shape}")
+    n = max(len(texts), regions.shape[0])
+    if len(texts) not in (1, n) or regions.shape[0] not in (1, n):
+        raise ValueError(f"cannot pair {len(texts)} texts with {regions.shape[0]} region sets")
+    return texts, regions, n
 
 
 def run_rerank_graph(session: Any, tokenize: Any, texts: list[str], regions: np.ndarray, n: int,

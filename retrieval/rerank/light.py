@@ -9,6 +9,7 @@ session and the ``tokenizers`` MiniLM tokenizer. A missing, damaged or stale man
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,9 +33,14 @@ RERANKER_FILES = ("reranker.json", "reranker.safetensors")  # fusion.CONFIG_FILE
 
 
 def reranker_identity(folder: str | os.PathLike) -> dict[str, Any]:
-    """What identifies a reranker folder's query graph without torch: its files, the packages, the code."""
-    folder = Path(folder).resolve()
-    return {"folder": str(folder), "files": {n: file_digest(folder / n) for n in RERANKER_FILES},
+    """What identifies a reranker folder's query graph without torch: its files, the packages, the code
+    (hashed once per process and folder, as the encoders' identity is)."""
+    return _identity(str(Path(folder).resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(folder: str) -> dict[str, Any]:
+    return {"folder": folder, "files": {n: file_digest(Path(folder) / n) for n in RERANKER_FILES},
             "packages": {p: package_version(p) for p in PACKAGES}, "code": code_digest(),
             "manifest_format": RERANK_MANIFEST_FORMAT}
 

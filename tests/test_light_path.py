@@ -130,13 +130,11 @@ def test_light_reranker_gives_the_torch_rerankers_scores(light_rerank, light_def
     assert np.ptp(want) > 0.05
     with pytest.raises(ValueError):
         lite.itm_scores(TEXTS[:2], regions[:3])  # neither side broadcasts
-    stale = Settings(cache=Settings.from_env().cache_dir, engine="torch")
-    from retrieval.rerank.light import light_reranker
+    from retrieval.rerank.light import light_reranker, reranker_manifest_path
 
-    assert light_reranker(built.folder, "default", light_default, settings=stale) is None  # torch asked for
+    torch_engine = Settings(cache=Settings.from_env().cache_dir, engine="torch")
+    assert light_reranker(built.folder, "default", light_default, settings=torch_engine) is None
     assert light_reranker(built.folder, "default", built.towers) is None  # a torch-built encoder: torch reranker
-    from retrieval.rerank.light import reranker_manifest_path
-
     path = reranker_manifest_path(built.folder, Settings.from_env())
     good = path.read_text()
     data = json.loads(good)

@@ -293,6 +293,7 @@ class FusionReranker:
         self.fingerprint = "fusion:" + state_digest([self.model], towers.fingerprint + self.config.semantic_json())
         self.engine = towers.engine  # onnx: itm_scores (the query path) runs on ONNX Runtime
         self._graph = None
+        self._tokens = None
 
     def _reads(self, towers) -> bool:
         """True when ``towers`` (a ``DefaultEncoder``) give the regions this reranker was trained on."""
@@ -337,18 +338,12 @@ class FusionReranker:
 
     def _itm_onnx(self, texts: list[str], regions: np.ndarray, n: int) -> np.ndarray:
         """``itm_scores`` on ONNX Runtime, in the same batches of pairs."""
+        from ..encoders.light import MiniLMTokens, minilm_tokenizer_file
         from .light import TEXT_MAX_TOKENS, run_rerank_graph
 
-        tokenizer = self.towers.text_tower.tokenizer
-
-        def tokenize(batch: list[str]) -> dict[str, np.ndarray]:
-            enc = tokenizer(batch, padding=True, truncation=True, max_length=TEXT_MAX_TOKENS, return_tensors="np")
-            ids = enc["input_ids"].astype(np.int64)
-            types = enc.get("token_type_ids")
-            return {"input_ids": ids, "attention_mask": enc["attention_mask"].astype(np.int64),
-                    "token_type_ids": np.zeros_like(ids) if types is None else types.astype(np.int64)}
-
-        return run_rerank_graph(self.onnx_graph().session(), tokenize, texts, regions.astype(np.float32), n,
+        if self._tokens is None:  # the light reranker's tokenizer: the graph sees the same ids either way
+            self._tokens = MiniLMTokens(minilm_tokenizer_file(), TEXT_MAX_TOKENS)
+        return run_rerank_graph(self.onnx_graph().session(), self._tokens, texts, regions.astype(np.float32), n,
                                 self.batch_size)
 
     def onnx_graph(self):

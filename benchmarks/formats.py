@@ -1,9 +1,9 @@
 """Per-format decode cost (issue 22): ms per photo through the indexer's own load path, side by side.
 
 The same real photos (``sample_data/``, two of them upscaled to about 12 MP with mild sensor-like noise)
-are written as JPEG, PNG, HEIC, AVIF and DNG (a 12-bit RGGB mosaic of the photo, made with ``pidng``
-as the tests do), then decoded as ``indexer.sync.load_file`` decodes them: the file's bytes in a named
-stream through ``load_image_and_info`` at the model's 224-px input (JPEG draft scaling, the RAW path of
+are written as JPEG, PNG, HEIC (without and, as phones write it, with a 320-px embedded thumbnail),
+AVIF and DNG (a 12-bit RGGB mosaic of the photo, made with ``pidng`` as the tests do), then decoded as ``indexer.sync.load_file`` decodes them: the file's bytes in a named
+stream through ``load_image_and_info`` at the model's 224-px input (JPEG draft scaling, a HEIC's embedded thumbnail where it is large enough, the RAW path of
 ``retrieval/raw.py``). Formats are timed interleaved, repeat after repeat, so load on a shared machine
 falls on all of them alike. ``python -m benchmarks.formats [--repeats N] [--json]``.
 """
@@ -29,8 +29,9 @@ SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 PHOTOS = ("astronaut_eileen_collins.png", "cat_chelsea.png", "chinese_pagoda_lake.jpg", "espresso_cup.png",
           "grace_hopper_portrait.jpg", "hubble_deep_field.jpg", "retina_fundus.jpg")
 UPSCALED = {"chinese_pagoda_lake.jpg": (4240, 2832), "hubble_deep_field.jpg": (3712, 3236)}  # ~12 MP each
-FORMATS = ("jpeg", "png", "heic", "avif", "dng")
-SUFFIX = {"jpeg": ".jpg", "png": ".png", "heic": ".heic", "avif": ".avif", "dng": ".dng"}
+FORMATS = ("jpeg", "png", "heic", "heic-thumb", "avif", "dng")
+SUFFIX = {"jpeg": ".jpg", "png": ".png", "heic": ".heic", "heic-thumb": ".heic", "avif": ".avif", "dng": ".dng"}
+PHONE_THUMBNAIL = 320  # the box of the thumbnail a phone embeds in its HEIC photos (320 x 240 at 4:3)
 TARGET = 224
 # XYZ -> linear sRGB (x 10000), so the "camera" of these DNGs sees linear sRGB (as in tests/test_formats.py).
 XYZ_TO_SRGB = [32406, -15372, -4986, -9689, 18758, 415, 557, -2040, 10570]
@@ -78,6 +79,8 @@ def encode(image: Image.Image, fmt: str) -> bytes:
         image.save(buf, "PNG")
     elif fmt == "heic":
         image.save(buf, "HEIF", quality=90)
+    elif fmt == "heic-thumb":
+        image.save(buf, "HEIF", quality=90, thumbnails=[PHONE_THUMBNAIL])
     elif fmt == "avif":
         image.save(buf, "AVIF", quality=80, speed=8)
     return buf.getvalue()
@@ -87,7 +90,7 @@ def available_formats() -> list[str]:
     """The formats this installation can both write here and index."""
     out = []
     for fmt in FORMATS:
-        if SUFFIX[fmt] not in IMAGE_EXTENSIONS or (fmt == "heic" and not HEIF_AVAILABLE):
+        if SUFFIX[fmt] not in IMAGE_EXTENSIONS or (fmt.startswith("heic") and not HEIF_AVAILABLE):
             continue
         if fmt == "dng":
             try:
@@ -130,7 +133,7 @@ def run_formats(out_dir: Path, repeats: int = 5, log=lambda s: None) -> dict:
     for label, image in source_photos():
         mp = image.width * image.height / 1e6
         for fmt in formats:
-            path = out_dir / f"{label.replace('@', '_').replace('.', '_')}{SUFFIX[fmt]}"
+            path = out_dir / f"{label.replace('@', '_').replace('.', '_')}_{fmt.replace('-', '_')}{SUFFIX[fmt]}"
             if not path.exists():
                 t0 = time.perf_counter()
                 path.write_bytes(encode(image, fmt))

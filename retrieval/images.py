@@ -127,7 +127,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(_SUPPORTED) | (RAW_EXTENSIONS if RA
 # or an exotic plugin. (MPO, the multi-picture JPEG, is opened by "JPEG".)
 _OPEN_FORMATS: tuple[str, ...] = tuple(sorted(set(_SUPPORTED.values())))
 
-_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
+# Formats whose loader can decode a reduced copy: JPEG by DCT scaling, HEIF (pillow-heif) by
+# decoding an embedded thumbnail that is a scaled copy of the photo and at least the size asked for.
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO", "HEIF"})
 
 _ORIENTATION_TAG = 0x0112
 
@@ -172,8 +174,9 @@ def load_image(source: ImageSource, target_size: int | None = None) -> Image.Ima
     """Decode an image file (path, bytes or binary file) to a loaded 8-bit RGB image.
 
     EXIF orientation is applied and animated images give their first frame.
-    With ``target_size``, JPEGs may be decoded at a reduced scale whose shorter
-    side is still at least ``target_size``; nothing is resized otherwise.
+    With ``target_size``, JPEGs may be decoded at a reduced scale, and HEICs from an
+    embedded thumbnail, whose shorter side is still at least ``target_size``; nothing
+    is resized otherwise.
     Raises :class:`ImageLoadError` on any failure.
     """
     image, _ = _load(source, target_size, want_info=False)
@@ -354,8 +357,8 @@ def _decode(
         raise ImageLoadError(label, _too_large(width, height))
 
     if target_size is not None and img.format in _DRAFT_FORMATS:
-        # JPEG DCT scaling: Pillow picks the largest 1/1, 1/2, 1/4 or 1/8 scale
-        # that keeps *both* sides >= the requested ones, so asking for a
+        # JPEG DCT scaling picks the largest 1/1, 1/2, 1/4 or 1/8 scale, and HEIF the smallest
+        # embedded thumbnail, that keeps *both* sides >= the requested ones, so asking for a
         # (t, t) box keeps the shorter side >= t whatever the aspect ratio.
         try:
             img.draft("RGB", (target_size, target_size))

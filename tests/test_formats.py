@@ -131,6 +131,27 @@ def test_corrupt_raw_and_heic_are_skipped_with_a_reason(tmp_path, fake_encoder, 
     assert [(Path(p).name, bool(r)) for p, r in report.skipped] == [(name, True)]
 
 
+def test_heic_decodes_its_embedded_thumbnail_when_large_enough(tmp_path):
+    """A phone's HEIC carries a 320-px thumbnail: at the model's 224 px that is decoded instead of the
+    photo, upright and showing the same picture; the header still gives the photo's own size."""
+    if not images.HEIF_AVAILABLE:
+        pytest.skip("pillow-heif is not installed")
+    photo = Image.open(SAMPLE / "lake_with_boats.jpg").convert("RGB")
+    big = photo.resize((photo.width * 4, photo.height * 4), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # held upright: the stored pixels are turned
+    big.save(tmp_path / "IMG_1.HEIC", quality=80, thumbnails=[320], exif=exif.tobytes())
+    full, info = load_image_and_info(tmp_path / "IMG_1.HEIC")
+    small, small_info = load_image_and_info(tmp_path / "IMG_1.HEIC", target_size=224)
+    assert full.height > full.width and (info.width, info.height) == full.size
+    assert (small_info.width, small_info.height) == full.size  # the photo's size, not the thumbnail's
+    assert max(small.size) == 320 and min(small.size) >= 224 and small.height > small.width
+    assert correlation(small, full) > 0.98
+    assert load_image(tmp_path / "IMG_1.HEIC", target_size=260).size == full.size  # 240 px is too small: full
+    big.save(tmp_path / "IMG_2.HEIC", quality=80)  # no thumbnail: the photo itself
+    assert load_image(tmp_path / "IMG_2.HEIC", target_size=224).size == big.size
+
+
 # -- indexing and search ----------------------------------------------------------------------------
 
 def test_dng_and_raw_jpeg_pair_are_indexed_and_found(tmp_path):

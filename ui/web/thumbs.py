@@ -47,7 +47,7 @@ class ThumbnailCache:
         if target.exists():
             return str(target)
         try:
-            image = load_image(path, target_size=size)  # JPEGs decode at a reduced scale (draft)
+            image = load_image(path, target_size=size)  # reduced-scale JPEG, or a HEIC thumbnail (draft)
         except ImageLoadError:
             return None
         image.thumbnail((size, size), Image.Resampling.LANCZOS)

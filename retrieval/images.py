@@ -26,6 +26,7 @@ guard never rejects an image that the per-call :data:`MAX_PIXELS` check allows.
 from __future__ import annotations
 
 import io
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,16 +171,19 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def load_image(source: ImageSource, target_size: int | None = None) -> Image.Image:
+def load_image(source: ImageSource, target_size: int | None = None, max_side: int | None = None) -> Image.Image:
     """Decode an image file (path, bytes or binary file) to a loaded 8-bit RGB image.
 
     EXIF orientation is applied and animated images give their first frame.
     With ``target_size``, JPEGs may be decoded at a reduced scale, and HEICs from an
-    embedded thumbnail, whose shorter side is still at least ``target_size``; nothing
-    is resized otherwise.
+    embedded thumbnail, whose shorter side is still at least ``target_size``; with
+    ``max_side`` (for a caller that shrinks the result to fit a square of that side),
+    one whose longer side is still at least ``max_side``. Nothing is resized otherwise.
     Raises :class:`ImageLoadError` on any failure.
     """
-    image, _ = _load(source, target_size, want_info=False)
+    if target_size is not None and max_side is not None:
+        raise ValueError("give target_size or max_side, not both")
+    image, _ = _load(source, target_size, want_info=False, max_side=max_side)
     return image
 
 
@@ -334,27 +338,31 @@ def _open_image(fp: BinaryIO, label: str) -> Image.Image:
 
 
 def _load(
-    source: ImageSource, target_size: int | None, want_info: bool
+    source: ImageSource, target_size: int | None, want_info: bool, max_side: int | None = None
 ) -> tuple[Image.Image, ImageInfo | None]:
-    if target_size is not None and target_size <= 0:
-        raise ValueError(f"target_size must be positive, got {target_size}")
+    for name, value in (("target_size", target_size), ("max_side", max_side)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
     if _is_raw(source):
-        return _raw(source, target_size)
+        return _raw(source, target_size if max_side is None else max_side)
     with _open_source(source) as (fp, label):
         img = _open_image(fp, label)
         try:
-            return _decode(img, label, target_size, want_info)
+            return _decode(img, label, target_size, want_info, max_side)
         finally:
             img.close()
 
 
 def _decode(
-    img: Image.Image, label: str, target_size: int | None, want_info: bool
+    img: Image.Image, label: str, target_size: int | None, want_info: bool, max_side: int | None = None
 ) -> tuple[Image.Image, ImageInfo | None]:
     width, height = img.size
     header_orientation = _orientation(_safe_exif(img))
     if width * height > MAX_PIXELS:
         raise ImageLoadError(label, _too_large(width, height))
+    if max_side is not None and width > 0 and height > 0:
+        # the shorter side a copy needs for its longer side to keep max_side
+        target_size = max(1, math.ceil(max_side * min(width, height) / max(width, height)))
 
     if target_size is not None and img.format in _DRAFT_FORMATS:
         # JPEG DCT scaling picks the largest 1/1, 1/2, 1/4 or 1/8 scale, and HEIF the smallest

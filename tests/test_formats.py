@@ -150,6 +150,13 @@ def test_heic_decodes_its_embedded_thumbnail_when_large_enough(tmp_path):
     assert load_image(tmp_path / "IMG_1.HEIC", target_size=260).size == full.size  # 240 px is too small: full
     big.save(tmp_path / "IMG_2.HEIC", quality=80)  # no thumbnail: the photo itself
     assert load_image(tmp_path / "IMG_2.HEIC", target_size=224).size == big.size
+    # a 256-px grid tile only needs the longer side: the 320 x 240 thumbnail fills it
+    assert load_image(tmp_path / "IMG_1.HEIC", max_side=256).size == small.size
+    assert load_image(tmp_path / "IMG_1.HEIC", max_side=400).size == full.size
+    from ui.web.thumbs import ThumbnailCache
+
+    with Image.open(ThumbnailCache(tmp_path / "thumbs").thumbnail(str(tmp_path / "IMG_1.HEIC"), "h1")) as tile:
+        assert max(tile.size) == 256 and tile.height > tile.width
 
 
 # -- indexing and search ----------------------------------------------------------------------------

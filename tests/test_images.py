@@ -268,6 +268,16 @@ def test_large_jpeg_draft_keeps_shorter_side(tmp_path):
     assert load_image(path, target_size=400).size == (1000, 750)
 
 
+def test_max_side_keeps_the_longer_side(tmp_path):
+    """A thumbnail fits a square: a wide photo needs its longer side, so a smaller scale will do."""
+    path = save(Image.new("RGB", (4000, 1000), (30, 60, 90)), tmp_path / "wide.jpg", "JPEG")
+    assert load_image(path, max_side=1000).size == (1000, 250)  # 1/4: the longer side still fills 1000
+    assert load_image(path, target_size=1000).size == (4000, 1000)  # the shorter side must keep 1000
+    assert load_image(path, max_side=5000).size == (4000, 1000)
+    with pytest.raises(ValueError):
+        load_image(path, target_size=224, max_side=256)
+
+
 def test_draft_respects_portrait_and_orientation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6

@@ -47,7 +47,7 @@ class ThumbnailCache:
         if target.exists():
             return str(target)
         try:
-            image = load_image(path, target_size=size)  # reduced-scale JPEG, or a HEIC thumbnail (draft)
+            image = load_image(path, max_side=size)  # a reduced-scale JPEG, or a HEIC thumbnail, that still fills it
         except ImageLoadError:
             return None
         image.thumbnail((size, size), Image.Resampling.LANCZOS)

@@ -1,11 +1,12 @@
 """Loopback load test of a running `imgsearch serve`: N concurrent clients, text and image queries.
 
     imgsearch serve sample_data --db /tmp/demo &
-    python benchmarks/load_test.py --url http://127.0.0.1:7860/ --clients 16 --duration 60 [--json]
+    python benchmarks/load_test.py --url http://127.0.0.1:7860/ --clients 16 --duration 60 [--rerank] [--json]
 
 Each client loops until the time is up (or --max-requests in all): mostly text searches through
 /search, and every Nth request an image query (upload, then /find_by_photo), through gradio's
-plain REST API (POST /gradio_api/call/<api>, then read the event stream). Reports throughput,
+plain REST API (POST /gradio_api/call/<api>, then read the event stream); ``--rerank`` turns the
+UI's Rerank switch on for both. Reports throughput,
 p50/p90/p99/max latency per kind and overall, and every error. Bounded in time and count; only
 talks to the URL given (meant for 127.0.0.1).
 """
@@ -81,7 +82,7 @@ def _call(client: httpx.Client, api: str, data: list, timeout: float, session: s
 
 
 def _client_loop(base: str, auth: tuple[str, str] | None, images: list[Path], image_every: int, deadline: float,
-                 budget: "_Budget", results: Results, seed: int, timeout: float) -> None:
+                 budget: "_Budget", results: Results, seed: int, timeout: float, rerank: bool = False) -> None:
     rng = random.Random(seed)
     session = f"loadtest-{seed}-{rng.getrandbits(48):012x}"  # one browser session per client, as in the UI
     with httpx.Client(base_url=base, timeout=timeout) as client:
@@ -94,7 +95,7 @@ def _client_loop(base: str, auth: tuple[str, str] | None, images: list[Path], im
             t0 = time.perf_counter()
             try:
                 if kind == "text":
-                    _call(client, "search", [rng.choice(QUERIES), 12, 0, False, "", "", [], "relevance", "", 0],
+                    _call(client, "search", [rng.choice(QUERIES), 12, 0, rerank, "", "", [], "relevance", "", 0],
                               timeout, session)
                 else:
                     img = rng.choice(images)
@@ -102,7 +103,7 @@ def _client_loop(base: str, auth: tuple[str, str] | None, images: list[Path], im
                         up = client.post("gradio_api/upload", files={"files": (img.name, f, "application/octet-stream")})
                     up.raise_for_status()
                     fd = {"path": up.json()[0], "orig_name": img.name, "meta": {"_type": "gradio.FileData"}}
-                    _call(client, "find_by_photo", [fd, 8, False, ""], timeout, session)
+                    _call(client, "find_by_photo", [fd, 8, rerank, ""], timeout, session)
                 results.add(Sample(kind, time.perf_counter() - t0))
             except Exception as e:  # noqa: BLE001 - every failure is a counted error, the run goes on
                 results.add(Sample(kind, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:300]))
@@ -125,7 +126,7 @@ class _Budget:
 
 def run_load(url: str, clients: int = 16, duration: float = 60.0, *, images: list[Path] | None = None,
              image_every: int = 4, max_requests: int | None = 100_000, auth: tuple[str, str] | None = None,
-             timeout: float = 30.0) -> dict:
+             timeout: float = 30.0, rerank: bool = False) -> dict:
     """Run the load; returns the report dict (what --json prints)."""
     base = url if url.endswith("/") else url + "/"
     images = list(images or [])
@@ -134,14 +135,14 @@ def run_load(url: str, clients: int = 16, duration: float = 60.0, *, images: lis
     deadline = time.monotonic() + duration
     t0 = time.perf_counter()
     threads = [threading.Thread(target=_client_loop, args=(base, auth, images, image_every, deadline, budget,
-                                                          results, i, timeout), daemon=True)
+                                                          results, i, timeout, rerank), daemon=True)
                for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(duration + timeout + 30)
     elapsed = time.perf_counter() - t0
-    return _report(results.samples, elapsed, url, clients, duration)
+    return {**_report(results.samples, elapsed, url, clients, duration), "rerank": rerank}
 
 
 def _stats(samples: list[Sample], elapsed: float) -> dict:
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="query photos to upload (default: a few from sample_data/)")
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
+    p.add_argument("--rerank", action="store_true", help="every search and photo query with the Rerank switch on")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     if args.clients < 1 or args.duration <= 0:
@@ -197,11 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: nothing answers at {args.url} ({e}); start `imgsearch serve` first", file=sys.stderr)
         return 1
     report = run_load(args.url, args.clients, args.duration, images=images, image_every=args.image_every,
-                      max_requests=args.max_requests, auth=auth, timeout=args.timeout)
+                      max_requests=args.max_requests, auth=auth, timeout=args.timeout, rerank=args.rerank)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{report['clients']} clients for {report['elapsed_s']} s against {report['url']}")
+        print(f"{report['clients']} clients for {report['elapsed_s']} s against {report['url']}"
+              + (", reranked" if report["rerank"] else ""))
         print(f"{'':9}{'requests':>9}{'errors':>8}{'req/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
         for kind in ("text", "image", "overall"):
             s = report[kind]

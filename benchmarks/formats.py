@@ -5,8 +5,8 @@ are written as JPEG, PNG, HEIC (without and, as phones write it, with a 320-px e
 AVIF and DNG (a 12-bit RGGB mosaic of the photo, made with ``pidng`` as the tests do), then decoded as
 ``indexer.sync.load_file`` decodes them: the file's bytes in a named stream through
 ``load_image_and_info`` at the model's 224-px input (JPEG draft scaling, a HEIC's embedded thumbnail
-where it is large enough, the RAW path of ``retrieval/raw.py``). Formats are timed interleaved, repeat after repeat, so load on a shared machine
-falls on all of them alike. ``python -m benchmarks.formats [--repeats N] [--json]``.
+where it is large enough, the RAW path of ``retrieval/raw.py``). Formats are timed interleaved, repeat
+after repeat, so load on a shared machine falls on all of them alike. ``python -m benchmarks.formats [--repeats N] [--json]``.
 """
 
 from __future__ import annotations

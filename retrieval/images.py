@@ -344,6 +344,7 @@ def _load(
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     if _is_raw(source):
+        # the RAW preview test is on the shorter side: max_side asks for more than it needs, never less
         return _raw(source, target_size if max_side is None else max_side)
     with _open_source(source) as (fp, label):
         img = _open_image(fp, label)

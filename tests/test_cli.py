@@ -49,6 +49,14 @@ def test_text_search_finds_the_right_photo_in_top_3(indexed, capsys, query, expe
     assert hits == sorted(hits, key=lambda h: -h["relevance"])  # ranked by fused relevance, not raw cosine
 
 
+def test_limit_is_another_name_for_k(indexed, capsys):
+    db, _ = indexed
+    by_k = run_json(capsys, "search", "a flower", "--db", str(db), "-k", "4")
+    assert run_json(capsys, "search", "a flower", "--db", str(db), "--limit", "4") == by_k and len(by_k) == 4
+    photo = str(REPO / "sample_data" / "cat_chelsea.png")
+    assert len(run_json(capsys, "captions", "--image", photo, "--db", str(db), "--limit", "2")) == 2
+
+
 @pytest.mark.parametrize("photo", ["cat_chelsea.png", "espresso_cup.png", "dahlia_flower.webp"])
 def test_uploaded_photo_gets_its_own_caption_first(indexed, capsys, photo):
     db, photos = indexed

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", metavar="FILE", help="a photo to find similar ones to (with a text query too: both)")
     p.add_argument("--queries", metavar="FILE", help="one text query per line, one model load; --json prints "
                    "[{\"query\": ..., \"results\": [...]}, ...] in order")
-    p.add_argument("-k", type=k_value, default=10, help=f"how many results (1 to {MAX_K}, default 10)")
+    p.add_argument("-k", "--limit", dest="k", type=k_value, default=10,
+                   help=f"how many results (1 to {MAX_K}, default 10)")
     p.add_argument("--not", dest="not_texts", action="append", default=[], metavar="TEXT",
                    help="steer away from a concept (repeatable)")
     p.add_argument("--taken-after", type=day("--taken-after"), metavar="YYYY-MM-DD",
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("captions", help="image → text: the best captions in the index for a photo")
     p.add_argument("--image", metavar="FILE", required=True)
-    p.add_argument("-k", type=k_value, default=5)
+    p.add_argument("-k", "--limit", dest="k", type=k_value, default=5, help="how many captions (default 5)")
     p.add_argument("--min-score", type=float, default=None)
     add_rerank_options(p)
     add_hubness_option(p)

@@ -6,7 +6,8 @@ AVIF and DNG (a 12-bit RGGB mosaic of the photo, made with ``pidng`` as the test
 ``indexer.sync.load_file`` decodes them: the file's bytes in a named stream through
 ``load_image_and_info`` at the model's 224-px input (JPEG draft scaling, a HEIC's embedded thumbnail
 where it is large enough, the RAW path of ``retrieval/raw.py``). Formats are timed interleaved, repeat
-after repeat, so load on a shared machine falls on all of them alike. ``python -m benchmarks.formats [--repeats N] [--json]``.
+after repeat, so load on a shared machine falls on all of them alike.
+``python -m benchmarks.formats [--repeats N] [--json]``.
 """
 
 from __future__ import annotations

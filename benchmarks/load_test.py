@@ -6,9 +6,8 @@
 Each client loops until the time is up (or --max-requests in all): mostly text searches through
 /search, and every Nth request an image query (upload, then /find_by_photo), through gradio's
 plain REST API (POST /gradio_api/call/<api>, then read the event stream); ``--rerank`` turns the
-UI's Rerank switch on for both. Reports throughput,
-p50/p90/p99/max latency per kind and overall, and every error. Bounded in time and count; only
-talks to the URL given (meant for 127.0.0.1).
+UI's Rerank switch on for both. Reports throughput, p50/p90/p99/max latency per kind and overall,
+and every error. Bounded in time and count; only talks to the URL given (meant for 127.0.0.1).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("captions", help="image → text: the best captions in the index for a photo")
     p.add_argument("--image", metavar="FILE", required=True)
-    p.add_argument("-k", "--limit", dest="k", type=k_value, default=5, help=f"how many captions (1 to {MAX_K}, default 5)")
+    p.add_argument("-k", "--limit", dest="k", type=k_value, default=5,
+                   help=f"how many captions (1 to {MAX_K}, default 5)")
     p.add_argument("--min-score", type=float, default=None)
     add_rerank_options(p)
     add_hubness_option(p)

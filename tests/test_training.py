@@ -204,6 +204,37 @@ def test_tuned_text_layer_trains_saves_and_encodes_like_training(tiny_features, 
 
 
 @needs_flickr
+def test_short_text_loss_ranks_a_phrases_images_higher(tiny_features, bridge):
+    """--short-texts: the captions' noun phrases ("a black dog") are trained against every image they describe,
+    so the learned space ranks those images above the rest more than training on sentences alone does."""
+    from retrieval.training.heads import embed_captions, embed_features
+    from retrieval.training.short_texts import compute_short_texts
+
+    _, _, cache, train_set = tiny_features
+    train = compute_features(bridge, train_set, views=1, seed=0, cache_dir=cache, show_progress=False, tokens=True)
+    short = compute_short_texts(bridge, train_set, cache, min_images=3, tokens=True, show_progress=False)
+    assert short.texts > 20 and all(len(t.split()) <= 3 for t in short.strings)
+
+    def positive_mass(weight: float) -> float:
+        options = TrainOptions(epochs=6, batch_size=64, seed=0, blend=1.0, hidden_dim=128, embed_dim=64,
+                               patience=100, text_layers=1, text_lr=3e-4, short_texts=weight)
+        result = train_heads(train, None, options, "bridge", show_progress=False, short=short)
+        heads = Heads(result.config)
+        heads.load_state_dict(result.state_dict)
+        img, _ = embed_features(heads, train, 1.0)
+        rows = torch.arange(short.texts)
+        with torch.no_grad():
+            txt = embed_captions(heads.embed_text, short.feats, rows, from_tokens=True)
+            prob = (20 * txt @ img.T).softmax(dim=1)
+        return float((prob * short.positives(rows, torch.arange(len(train_set.images)))).sum(1).mean())
+
+    without, with_short = positive_mass(0.0), positive_mass(1.0)
+    assert with_short > without + 0.05, (without, with_short)
+    with pytest.raises(DatasetError, match="short texts"):
+        train_heads(train, None, TrainOptions(epochs=1, short_texts=1.0), "bridge", show_progress=False)
+
+
+@needs_flickr
 def test_ensemble_joins_members_trained_with_successive_seeds(tiny_features, bridge, tmp_path):
     """--members 2: the second member is the single run with seed + 1; the learned cosine is the members' mean."""
     train, dev, _, _ = tiny_features

@@ -152,6 +152,30 @@ def map_image_view(dataset: Dataset, preprocess: Callable, size: int, view: int,
     return out
 
 
+def caption_features(text_fn: Callable, dataset: Dataset, folder: str | None,
+                      show_progress: bool) -> dict[str, torch.Tensor]:
+    """The base text features of every caption (shortest first, so batches pad little), cached in ``folder``."""
+    path = folder and os.path.join(folder, "text.safetensors")
+    if path and os.path.isfile(path):
+        return load_tensors(path)
+    order = sorted(range(len(dataset.captions)), key=lambda i: len(dataset.captions[i]))
+    parts, idx = [], []
+    with torch.inference_mode(), tqdm(total=len(order), desc=f"captions {dataset.split or ''}", unit="cap",
+                                      file=sys.stderr, disable=not show_progress) as bar:
+        for chunk in batched(order, 256):
+            feats = text_fn([dataset.captions[i] for i in chunk])
+            parts.append({k: v.float().cpu() for k, v in feats.items()})
+            idx.extend(chunk)
+            bar.update(len(chunk))
+    out = _stack(parts)
+    inverse = torch.empty(len(idx), dtype=torch.long)
+    inverse[torch.tensor(idx)] = torch.arange(len(idx))
+    out = {k: v[inverse] for k, v in out.items()}
+    if path:
+        save_tensors(path, out, {"split": dataset.split, "captions": len(idx)})
+    return out
+
+
 def compute_features(encoder: Encoder, dataset: Dataset, views: int = 0, seed: int = 0, cache_dir: str | None = None,
                      batch_size: int = 64, show_progress: bool = True, log: Callable[[str], None] | None = None,
                      tokens: bool = False) -> FeatureSet:
@@ -168,27 +192,6 @@ def compute_features(encoder: Encoder, dataset: Dataset, views: int = 0, seed: i
         folder = os.path.join(cache_dir, f"{dataset.split or 'all'}-{cache_key(encoder, dataset)}")
         os.makedirs(folder, exist_ok=True)
     size = encoder.image_size
-
-    def text_part() -> dict[str, torch.Tensor]:
-        path = folder and os.path.join(folder, "text.safetensors")
-        if path and os.path.isfile(path):
-            return load_tensors(path)
-        order = sorted(range(len(dataset.captions)), key=lambda i: len(dataset.captions[i]))
-        parts, idx = [], []
-        with torch.inference_mode(), tqdm(total=len(order), desc=f"captions {dataset.split or ''}", unit="cap",
-                                          file=sys.stderr, disable=not show_progress) as bar:
-            for chunk in batched(order, 256):
-                feats = text_fn([dataset.captions[i] for i in chunk])
-                parts.append({k: v.float().cpu() for k, v in feats.items()})
-                idx.extend(chunk)
-                bar.update(len(chunk))
-        out = _stack(parts)
-        inverse = torch.empty(len(idx), dtype=torch.long)
-        inverse[torch.tensor(idx)] = torch.arange(len(idx))
-        out = {k: v[inverse] for k, v in out.items()}
-        if path:
-            save_tensors(path, out, {"split": dataset.split, "captions": len(idx)})
-        return out
 
     def view_part(v: int) -> dict[str, torch.Tensor]:
         path = folder and os.path.join(folder, f"view{v}-seed{seed if v else 0}.safetensors")
@@ -208,7 +211,7 @@ def compute_features(encoder: Encoder, dataset: Dataset, views: int = 0, seed: i
     caption_tokens = None
     if tokens:  # first: a base without them fails before minutes of image features
         caption_tokens = compute_caption_tokens(encoder, dataset, cache_dir, show_progress)
-    texts = text_part()
+    texts = caption_features(text_fn, dataset, folder, show_progress)
     image_views = [view_part(v) for v in range(views + 1)]
     images = {k: torch.stack([iv[k] for iv in image_views]) for k in image_views[0]}
     log(f"features for {len(dataset.images)} images x {views + 1} views, {len(dataset.captions)} captions "

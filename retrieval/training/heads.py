@@ -23,6 +23,7 @@ from ..encoders import BUNDLED_SPECS
 from ..encoders.heads import TOKEN_MASK, TOKEN_STATES, Heads, HeadsConfig, blend, build_heads
 from ..errors import DatasetError, EncoderSpecError
 from .features import FeatureSet
+from .short_texts import ShortTexts
 from .metrics import recall_from_similarity, rsum
 
 
@@ -50,6 +51,8 @@ class TrainOptions:
     text_layers: int = 0  # 1: also train a copy of the text tower's last layer (needs FeatureSet.tokens)
     text_lr: float = 1e-4  # peak learning rate of that layer
     flip_average: bool = False  # the saved encoder averages each photo with its mirror image (search time only)
+    short_texts: float = 0.0  # >0: weight of a loss on the captions' short noun phrases (needs ShortTexts)
+    short_per_batch: int = 256  # short texts per batch, each drawn from one of the batch's images
 
 
 def default_inputs(features: FeatureSet) -> tuple[list[str], list[str]]:
@@ -129,7 +132,7 @@ def dev_recall(heads: Heads, feats: FeatureSet, w: float) -> dict:
 
 
 def train_heads(train: FeatureSet, dev: FeatureSet | None, options: TrainOptions, base_spec: str,
-                show_progress: bool = True) -> TrainResult:
+                show_progress: bool = True, short: ShortTexts | None = None) -> TrainResult:
     """Symmetric InfoNCE (learnable temperature, AdamW, warmup + cosine) on cached features.
 
     Each epoch sees every caption once; every batch holds distinct images (one random
@@ -137,18 +140,21 @@ def train_heads(train: FeatureSet, dev: FeatureSet | None, options: TrainOptions
     The heads with the best dev rsum (at ``options.blend``) are kept; stops early after
     ``options.patience`` epochs without improvement. With ``options.members`` > 1, that many
     heads are trained one after another (seeds ``seed``, ``seed + 1``, ...) and joined into one
-    ``HeadsEnsemble``.
+    ``HeadsEnsemble``. With ``options.short_texts`` > 0, each batch also scores ``short``'s texts of
+    its images against all of them (every image a text describes is a target).
     """
     if options.members < 1:
         raise DatasetError(f"members must be >= 1, got {options.members}")
     if options.ensemble_dim and not (options.members > 1 and 0 < options.ensemble_dim <= options.members * options.embed_dim):
         raise DatasetError(f"ensemble_dim needs members > 1 and at most members x embed_dim "
                            f"({options.members} x {options.embed_dim}), got {options.ensemble_dim}")
+    if options.short_texts and short is None:
+        raise DatasetError("short_texts needs the split's short texts (short_texts.compute_short_texts)")
     if options.members == 1:
-        return _train_single(train, dev, options, base_spec, show_progress)
+        return _train_single(train, dev, options, base_spec, show_progress, short=short)
     t0 = time.monotonic()
     runs = [_train_single(train, dev, replace(options, members=1, ensemble_dim=0, seed=options.seed + i), base_spec,
-                          show_progress, desc=f"train {i + 1}/{options.members}")
+                          show_progress, desc=f"train {i + 1}/{options.members}", short=short)
             for i in range(options.members)]
     config = replace(runs[0].config, members=options.members, ensemble_dim=options.ensemble_dim, train={})
     state = {f"members.{i}.{k}": v for i, r in enumerate(runs) for k, v in r.state_dict.items()}
@@ -184,7 +190,7 @@ def _fit_projection(heads, train: FeatureSet, dim: int) -> torch.Tensor:
 
 
 def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptions, base_spec: str,
-                  show_progress: bool = True, desc: str = "train") -> TrainResult:
+                  show_progress: bool = True, desc: str = "train", short: ShortTexts | None = None) -> TrainResult:
     """One pair of heads (see ``train_heads``)."""
     t0 = time.monotonic()
     _seed_all(options.seed)
@@ -262,6 +268,9 @@ def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptio
                 target = torch.arange(len(idx))
                 loss = 0.5 * (F.cross_entropy(logits, target, label_smoothing=options.label_smoothing)
                               + F.cross_entropy(logits.T, target, label_smoothing=options.label_smoothing))
+                if options.short_texts and short is not None:
+                    loss = loss + options.short_texts * _short_text_loss(heads, short, idx, img, scale,
+                                                                         options.short_per_batch, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -298,6 +307,21 @@ def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptio
     config.train = {"options": asdict(options), "best_epoch": best_epoch, "dev": dev_metrics.get("blended", {}),
                     "train_images": n_images, "train_views": n_views}
     return TrainResult(config, best_state, dev_metrics, best_epoch, history, time.monotonic() - t0)
+
+
+def _short_text_loss(heads: Heads, short: ShortTexts, idx: torch.Tensor, img: torch.Tensor, scale: torch.Tensor,
+                     n: int, gen: torch.Generator) -> torch.Tensor:
+    """Cross-entropy of up to ``n`` short texts (one each from random batch images) over the batch's
+    images, the target spread evenly over every image the text describes."""
+    owners = [i for i in idx[torch.randperm(len(idx), generator=gen)].tolist() if len(short.texts_of[i])][:n]
+    if not owners:
+        return img.sum() * 0.0
+    texts = torch.stack([short.texts_of[i][torch.randint(len(short.texts_of[i]), (1,), generator=gen)][0]
+                         for i in owners])
+    txt = embed_captions(heads.embed_text, short.feats, texts, from_tokens=heads.text_layers is not None)
+    target = short.positives(texts, idx).float()
+    target = target / target.sum(1, keepdim=True)
+    return -(target * F.log_softmax(scale * txt @ img.T, dim=1)).sum(1).mean()
 
 
 def base_spec_for(spec: str | None) -> str:

@@ -23,6 +23,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from retrieval.training.datasets import load_dataset
     from retrieval.training.features import compute_features
     from retrieval.training.heads import TrainOptions, base_spec_for, model_card, train_heads
+    from retrieval.training.short_texts import compute_short_texts
 
     if (args.epochs is not None and args.epochs < 1) or args.views < 0 or args.members < 1:
         raise UsageError("--epochs and --members must be >= 1 and --views >= 0")
@@ -31,6 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--ensemble-dim needs --members > 1 and must be between 1 and {width} x --members")
     if not 0.0 <= args.blend <= 1.0:
         raise UsageError("--blend must be between 0 and 1")
+    if args.short_texts < 0:
+        raise UsageError("--short-texts must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     base_spec = base_spec_for(args.model)
@@ -46,6 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                    show_progress=not args.no_progress, log=log, tokens=tokens)
     dev_feats = (compute_features(encoder, dev_set, views=0, seed=args.seed, cache_dir=cache,
                                   show_progress=not args.no_progress, log=log, tokens=tokens) if dev_set else None)
+    short = (compute_short_texts(encoder, train_set, cache, tokens=tokens, show_progress=not args.no_progress)
+             if args.short_texts else None)
     feature_seconds = time.monotonic() - t0
     tuned = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "patience", "hidden_dim", "dropout",
                                            "weight_decay", "text_lr") if getattr(args, k) is not None}
@@ -56,8 +61,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.label_smoothing is not None:
         tuned["label_smoothing"] = args.label_smoothing
     options = TrainOptions(seed=args.seed, blend=args.blend, members=args.members, ensemble_dim=args.ensemble_dim,
-                           text_layers=args.text_layers, flip_average=args.flip_average, **tuned)
-    result = train_heads(train_feats, dev_feats, options, base_spec, show_progress=not args.no_progress)
+                           text_layers=args.text_layers, flip_average=args.flip_average,
+                           short_texts=args.short_texts, **tuned)
+    result = train_heads(train_feats, dev_feats, options, base_spec, show_progress=not args.no_progress, short=short)
     command = "imgsearch " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     save_heads(args.out, result.config, result.state_dict,
                model_card(result, train_set.root, command, feature_seconds), int8=args.int8)
@@ -166,6 +172,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-inputs", default=None, metavar="A,B",
                    help="text head inputs, comma-separated (bundled towers: minilm, minilm_max, cls)")
     p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--short-texts", type=float, default=0.0, metavar="W",
+                   help="also train on the captions' short noun phrases (\"a black dog\", \"dog\") with loss weight W"
+                        " (default 0: off)")
     p.add_argument("--patience", type=int, default=None,
                    help="stop after N epochs without a better dev score")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

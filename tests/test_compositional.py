@@ -13,7 +13,8 @@ from retrieval.training.datasets import Dataset, load_dataset
 from retrieval.training.features import compute_rerank_features
 from retrieval.training.negatives import rewrites
 from retrieval.training.options import RerankTrainOptions
-from retrieval.training.reranker import dual_similarity, train_reranker, twin_captions
+from retrieval.training.reranker import dual_similarity, train_reranker
+from retrieval.training.twins import twin_captions
 
 from conftest import FLICKR8K
 
@@ -79,7 +80,7 @@ def test_compositional_negatives_teach_the_true_caption_over_its_twin(default_en
 def test_compositional_negatives_need_twins_made_for_these_captions():
     """Asking for compositional negatives without twins, or with twins of other captions, fails clearly."""
     from retrieval.training.features import CaptionTokens, RerankFeatures
-    from retrieval.training.reranker import TwinCaptions
+    from retrieval.training.twins import TwinCaptions
 
     n_img, n_cap = 4, 8
     feats = RerankFeatures(torch.zeros(n_cap * 3, 384, dtype=torch.float16), torch.zeros(n_cap * 3, 384,

@@ -229,9 +229,45 @@ def test_short_text_loss_ranks_a_phrases_images_higher(tiny_features, bridge):
         return float((prob * short.positives(rows, torch.arange(len(train_set.images)))).sum(1).mean())
 
     without, with_short = positive_mass(0.0), positive_mass(1.0)
+    print(f"short texts: positive mass {without:.3f} -> {with_short:.3f}")
     assert with_short > without + 0.05, (without, with_short)
     with pytest.raises(DatasetError, match="short texts"):
         train_heads(train, None, TrainOptions(epochs=1, short_texts=1.0), "bridge", show_progress=False)
+
+
+@needs_flickr
+def test_composition_negatives_teach_heads_the_true_caption_over_its_twin(tiny_features, bridge):
+    """--composition-negatives: each caption's rewritten twin joins the texts a photo is told apart from, so the
+    learned space prefers a train caption over its twin more often than training without them does."""
+    from retrieval.training.heads import embed_captions, embed_features
+    from retrieval.training.twins import twin_captions
+
+    _, _, cache, train_set = tiny_features
+    train = compute_features(bridge, train_set, views=1, seed=0, cache_dir=cache, show_progress=False, tokens=True)
+    twins = twin_captions(bridge, train_set, cache, show_progress=False)
+    pairs = [(j, t) for j, rows in enumerate(twins.of) for t in rows]
+    assert len(pairs) > 100
+
+    def preferred(on: bool) -> float:
+        options = TrainOptions(epochs=6, batch_size=64, seed=0, blend=1.0, hidden_dim=128, embed_dim=64,
+                               patience=100, text_layers=1, text_lr=3e-4, composition_negatives=on)
+        result = train_heads(train, None, options, "bridge", show_progress=False, twins=twins)
+        heads = Heads(result.config)
+        heads.load_state_dict(result.state_dict)
+        img, txt = embed_features(heads, train, 1.0)
+        holder = replace(train, tokens=twins.tokens, caption_image=torch.zeros(twins.count, dtype=torch.long))
+        with torch.no_grad():
+            twin_txt = embed_captions(heads.embed_text, holder, torch.arange(twins.count), from_tokens=True)
+        cap, twin = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+        photo = img[train.caption_image[cap]]
+        return float(((photo * txt[cap]).sum(1) > (photo * twin_txt[twin]).sum(1)).float().mean())
+
+    without, with_twins = preferred(False), preferred(True)
+    print(f"composition negatives: caption over twin {without:.3f} -> {with_twins:.3f}")
+    assert 1 - with_twins < 0.75 * (1 - without), (without, with_twins)  # a quarter fewer twins preferred
+    with pytest.raises(DatasetError, match="twins"):
+        train_heads(train, None, TrainOptions(epochs=1, text_layers=1, composition_negatives=True), "bridge",
+                    show_progress=False)
 
 
 @needs_flickr

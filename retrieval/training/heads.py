@@ -24,6 +24,7 @@ from ..encoders.heads import TOKEN_MASK, TOKEN_STATES, Heads, HeadsConfig, blend
 from ..errors import DatasetError, EncoderSpecError
 from .features import FeatureSet
 from .short_texts import ShortTexts
+from .twins import TwinCaptions
 from .metrics import recall_from_similarity, rsum
 
 
@@ -53,6 +54,7 @@ class TrainOptions:
     flip_average: bool = False  # the saved encoder averages each photo with its mirror image (search time only)
     short_texts: float = 0.0  # >0: weight of a loss on the captions' short noun phrases (needs ShortTexts)
     short_per_batch: int = 256  # short texts per batch, each drawn from one of the batch's images
+    composition_negatives: bool = False  # each caption's rewritten twin joins the batch's texts (needs TwinCaptions)
 
 
 def default_inputs(features: FeatureSet) -> tuple[list[str], list[str]]:
@@ -132,7 +134,8 @@ def dev_recall(heads: Heads, feats: FeatureSet, w: float) -> dict:
 
 
 def train_heads(train: FeatureSet, dev: FeatureSet | None, options: TrainOptions, base_spec: str,
-                show_progress: bool = True, short: ShortTexts | None = None) -> TrainResult:
+                show_progress: bool = True, short: ShortTexts | None = None,
+                twins: TwinCaptions | None = None) -> TrainResult:
     """Symmetric InfoNCE (learnable temperature, AdamW, warmup + cosine) on cached features.
 
     Each epoch sees every caption once; every batch holds distinct images (one random
@@ -141,7 +144,9 @@ def train_heads(train: FeatureSet, dev: FeatureSet | None, options: TrainOptions
     ``options.patience`` epochs without improvement. With ``options.members`` > 1, that many
     heads are trained one after another (seeds ``seed``, ``seed + 1``, ...) and joined into one
     ``HeadsEnsemble``. With ``options.short_texts`` > 0, each batch also scores ``short``'s texts of
-    its images against all of them (every image a text describes is a target).
+    its images against all of them (every image a text describes is a target). With
+    ``options.composition_negatives``, a rewritten twin of each caption (``twins``) joins the texts each
+    image is told apart from (NegCLIP).
     """
     if options.members < 1:
         raise DatasetError(f"members must be >= 1, got {options.members}")
@@ -150,11 +155,13 @@ def train_heads(train: FeatureSet, dev: FeatureSet | None, options: TrainOptions
                            f"({options.members} x {options.embed_dim}), got {options.ensemble_dim}")
     if options.short_texts and short is None:
         raise DatasetError("short_texts needs the split's short texts (short_texts.compute_short_texts)")
+    if options.composition_negatives and (twins is None or not options.text_layers):
+        raise DatasetError("composition_negatives needs the split's twins (twins.twin_captions) and text_layers 1")
     if options.members == 1:
-        return _train_single(train, dev, options, base_spec, show_progress, short=short)
+        return _train_single(train, dev, options, base_spec, show_progress, short=short, twins=twins)
     t0 = time.monotonic()
     runs = [_train_single(train, dev, replace(options, members=1, ensemble_dim=0, seed=options.seed + i), base_spec,
-                          show_progress, desc=f"train {i + 1}/{options.members}", short=short)
+                          show_progress, desc=f"train {i + 1}/{options.members}", short=short, twins=twins)
             for i in range(options.members)]
     config = replace(runs[0].config, members=options.members, ensemble_dim=options.ensemble_dim, train={})
     state = {f"members.{i}.{k}": v for i, r in enumerate(runs) for k, v in r.state_dict.items()}
@@ -190,7 +197,8 @@ def _fit_projection(heads, train: FeatureSet, dim: int) -> torch.Tensor:
 
 
 def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptions, base_spec: str,
-                  show_progress: bool = True, desc: str = "train", short: ShortTexts | None = None) -> TrainResult:
+                  show_progress: bool = True, desc: str = "train", short: ShortTexts | None = None,
+                  twins: TwinCaptions | None = None) -> TrainResult:
     """One pair of heads (see ``train_heads``)."""
     t0 = time.monotonic()
     _seed_all(options.seed)
@@ -266,8 +274,13 @@ def _train_single(train: FeatureSet, dev: FeatureSet | None, options: TrainOptio
                 scale = heads.logit_scale.exp().clamp(max=options.max_logit_scale)
                 logits = scale * txt @ img.T
                 target = torch.arange(len(idx))
+                image_logits = logits.T
+                if options.composition_negatives and twins is not None:
+                    extra = _twin_texts(heads, twins, caps, gen)
+                    if extra is not None:
+                        image_logits = torch.cat([image_logits, scale * img @ extra.T], dim=1)
                 loss = 0.5 * (F.cross_entropy(logits, target, label_smoothing=options.label_smoothing)
-                              + F.cross_entropy(logits.T, target, label_smoothing=options.label_smoothing))
+                              + F.cross_entropy(image_logits, target, label_smoothing=options.label_smoothing))
                 if options.short_texts and short is not None:
                     loss = loss + options.short_texts * _short_text_loss(heads, short, idx, img, scale,
                                                                          options.short_per_batch, gen)
@@ -322,6 +335,16 @@ def _short_text_loss(heads: Heads, short: ShortTexts, idx: torch.Tensor, img: to
     target = short.positives(texts, idx).float()
     target = target / target.sum(1, keepdim=True)
     return -(target * F.log_softmax(scale * txt @ img.T, dim=1)).sum(1).mean()
+
+
+def _twin_texts(heads: Heads, twins: TwinCaptions, caps: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+    """Embeddings of one random twin of each caption in ``caps`` that has any (None where none has)."""
+    rows = [pool[int(torch.randint(len(pool), (1,), generator=gen))] for pool in (twins.of[c] for c in caps.tolist())
+            if pool]
+    if not rows:
+        return None
+    holder = FeatureSet({}, {}, torch.zeros(twins.count, dtype=torch.long), {}, {}, "", "", twins.tokens)
+    return embed_captions(heads.embed_text, holder, torch.tensor(rows), from_tokens=True)
 
 
 def base_spec_for(spec: str | None) -> str:

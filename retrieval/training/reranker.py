@@ -31,8 +31,8 @@ from .evaluate import embed_image_files
 from .features import CaptionTokens, RerankFeatures, compute_caption_tokens, compute_features
 from .heads import embed_features
 from .metrics import reranked_recall, top_candidates
-from .negatives import KINDS, twin_table
 from .options import RerankTrainOptions
+from .twins import TwinCaptions
 
 
 @dataclass
@@ -67,35 +67,6 @@ def feature_pair_scorer(model: FusionModel, feats: RerankFeatures, batch: int = 
         return out
 
     return score
-
-
-@dataclass
-class TwinCaptions:
-    """Composition rewrites of a split's captions as extra hard negatives: token states of every twin, and
-    for each caption the rows of its twins (``of[j]``, empty where no rule applies)."""
-
-    tokens: CaptionTokens
-    of: list[list[int]]
-
-    @property
-    def count(self) -> int:
-        return int(self.tokens.offsets.shape[0]) - 1
-
-
-def twin_captions(encoder: Encoder, dataset: Dataset, cache_dir: str | None = None, kinds: tuple[str, ...] = KINDS,
-                  show_progress: bool = True) -> TwinCaptions:
-    """Every rule's rewrite of every caption of ``dataset`` (its own captions only), with token states (cached)."""
-    table = twin_table(dataset.captions, kinds)
-    flat, owner, of = [], [], []
-    for j, twins in enumerate(table):
-        of.append(list(range(len(flat), len(flat) + len(twins))))
-        flat += twins
-        owner += [int(dataset.caption_image[j])] * len(twins)
-    if not flat:
-        raise DatasetError("no caption of this split has a composition rewrite (colours, roles, counts, nouns)")
-    twins_set = Dataset(dataset.root, dataset.images, flat, np.asarray(owner, np.int64),
-                        f"{dataset.split or 'all'}-twins")
-    return TwinCaptions(compute_caption_tokens(encoder, twins_set, cache_dir, show_progress), of)
 
 
 def _joined_text(feats: CaptionTokens, twins: TwinCaptions) -> CaptionTokens:

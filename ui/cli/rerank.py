@@ -22,7 +22,8 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     from retrieval.training.datasets import load_dataset
     from retrieval.training.features import compute_rerank_features
     from retrieval.training.options import RerankTrainOptions
-    from retrieval.training.reranker import dual_similarity, model_card, train_reranker, twin_captions
+    from retrieval.training.reranker import dual_similarity, model_card, train_reranker
+    from retrieval.training.twins import twin_captions
 
     if args.epochs < 1 or args.views < 0 or args.hard_k < 1 or args.negatives < 1:
         raise UsageError("--epochs, --hard-k and --negatives must be >= 1 and --views >= 0")

@@ -24,6 +24,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from retrieval.training.features import compute_features
     from retrieval.training.heads import TrainOptions, base_spec_for, model_card, train_heads
     from retrieval.training.short_texts import compute_short_texts
+    from retrieval.training.twins import twin_captions
 
     if (args.epochs is not None and args.epochs < 1) or args.views < 0 or args.members < 1:
         raise UsageError("--epochs and --members must be >= 1 and --views >= 0")
@@ -34,6 +35,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--blend must be between 0 and 1")
     if args.short_texts < 0:
         raise UsageError("--short-texts must be >= 0")
+    if args.composition_negatives and args.text_layers != 1:
+        raise UsageError("--composition-negatives needs --text-layers 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     base_spec = base_spec_for(args.model)
@@ -51,6 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   show_progress=not args.no_progress, log=log, tokens=tokens) if dev_set else None)
     short = (compute_short_texts(encoder, train_set, cache, tokens=tokens, show_progress=not args.no_progress)
              if args.short_texts else None)
+    twins = (twin_captions(encoder, train_set, cache, show_progress=not args.no_progress)
+             if args.composition_negatives else None)
     feature_seconds = time.monotonic() - t0
     tuned = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "patience", "hidden_dim", "dropout",
                                            "weight_decay", "text_lr") if getattr(args, k) is not None}
@@ -62,8 +67,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         tuned["label_smoothing"] = args.label_smoothing
     options = TrainOptions(seed=args.seed, blend=args.blend, members=args.members, ensemble_dim=args.ensemble_dim,
                            text_layers=args.text_layers, flip_average=args.flip_average,
-                           short_texts=args.short_texts, **tuned)
-    result = train_heads(train_feats, dev_feats, options, base_spec, show_progress=not args.no_progress, short=short)
+                           short_texts=args.short_texts, composition_negatives=args.composition_negatives, **tuned)
+    result = train_heads(train_feats, dev_feats, options, base_spec, show_progress=not args.no_progress, short=short,
+                         twins=twins)
     command = "imgsearch " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     save_heads(args.out, result.config, result.state_dict,
                model_card(result, train_set.root, command, feature_seconds), int8=args.int8)
@@ -175,6 +181,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--short-texts", type=float, default=0.0, metavar="W",
                    help="also train on the captions' short noun phrases (\"a black dog\", \"dog\") with loss weight W"
                         " (default 0: off)")
+    p.add_argument("--composition-negatives", action="store_true",
+                   help="add each caption's rewritten twin (colours or roles swapped, a count or noun changed) to the"
+                        " texts each photo is told apart from (needs --text-layers 1)")
     p.add_argument("--patience", type=int, default=None,
                    help="stop after N epochs without a better dev score")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

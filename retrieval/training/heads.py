@@ -23,9 +23,9 @@ from ..encoders import BUNDLED_SPECS
 from ..encoders.heads import TOKEN_MASK, TOKEN_STATES, Heads, HeadsConfig, blend, build_heads
 from ..errors import DatasetError, EncoderSpecError
 from .features import FeatureSet
+from .metrics import recall_from_similarity, rsum
 from .short_texts import ShortTexts
 from .twins import TwinCaptions
-from .metrics import recall_from_similarity, rsum
 
 
 @dataclass
@@ -392,6 +392,12 @@ def model_card(result: TrainResult, dataset_root: str, command: str, feature_sec
            f" (AdamW lr {o.get('text_lr')}, weight decay 0.01) on the cached input states of that layer; the text head"
            " reads its mean- and max-pooled token states, and the blend keeps the frozen tower's embedding"]
           if cfg.text_layers else []),
+        *([f"- short texts: each image's captions' noun phrases (\"a black dog\", \"dog\"; keys of at least 5 train"
+           f" images), {o.get('short_per_batch')} a batch, each scored against the batch's photos with every photo"
+           f" it describes as a target; loss weight {o.get('short_texts')}"] if o.get("short_texts") else []),
+        *(["- composition negatives: one rewritten twin of each caption (colours or roles swapped, a count or noun"
+           " changed) joins the texts each photo is told apart from (NegCLIP)"]
+          if o.get("composition_negatives") else []),
         f"- image views per training image: {cfg.train.get('train_views')} (1 clean centre crop + augmented: random"
         " resized crop 0.35-1, flip, colour jitter, 10% greyscale); all captions of each image used every epoch",
         f"- final embedding: [√w·head, √(1−w)·base] with w = {cfg.blend}, so cosine = w·learned + (1−w)·base"

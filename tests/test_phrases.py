@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from retrieval.encoders.base import SHORT_TEXT_WORDS
+from retrieval.errors import DatasetError
 from retrieval.training.datasets import load_dataset
 from retrieval.training.phrases import image_phrases, phrases
-from retrieval.training.short_texts import short_text_table
+from retrieval.training.short_texts import compute_short_texts, short_text_table
 
-from conftest import FLICKR8K
+from conftest import FLICKR8K, FakeEncoder
 
 
 @pytest.mark.parametrize("caption, expected", [
@@ -45,3 +46,5 @@ def test_each_short_text_describes_the_images_whose_captions_say_it():
     assert sum(h for s, h in zip(says_dog, has_key) if s) >= 0.8 * sum(says_dog)
     counts = {k: sum(k in mine for mine in image_keys) for k in range(len(keys))}
     assert min(counts.values()) >= 5  # rare keys are left out
+    with pytest.raises(DatasetError, match="no noun phrase"):
+        compute_short_texts(FakeEncoder(), ds.subset(3), min_images=10, show_progress=False)

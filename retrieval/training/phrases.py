@@ -20,7 +20,6 @@ from .negatives import (COUNTS, DETERMINERS, FOLLOWERS, MAX_MODIFIERS, MODIFIERS
 # words that end a phrase or cannot be its head
 _STOP = frozenset("""a an the and or of is are was be been to it its their his her he she they them this that
 there who which while with without some each other another one something someone very""".split())
-_ARTICLES = frozenset("a an the".split())
 _WORD = re.compile(r"[a-z][a-z'-]*$")
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..encoders import Encoder
 from ..encoders.heads import feature_extractors
+from ..errors import DatasetError
 from .datasets import Dataset
 from .features import FeatureSet, caption_features, cache_key, compute_caption_tokens
 from .phrases import image_phrases
@@ -79,13 +81,15 @@ def compute_short_texts(encoder: Encoder, dataset: Dataset, cache_dir: str | Non
                         tokens: bool = False, show_progress: bool = True) -> ShortTexts:
     """The short texts of ``dataset``'s captions with their base features (and token states), cached."""
     keys, texts, key_of, image_keys = short_text_table(dataset, min_images)
+    if not texts:
+        raise DatasetError(f"no noun phrase of these captions describes {min_images} or more images")
     key_t = torch.tensor(key_of, dtype=torch.long)
     membership = torch.zeros(len(dataset.images), len(keys), dtype=torch.bool)
     for i, mine in enumerate(image_keys):
         membership[i, list(mine)] = True
     texts_of = [torch.nonzero(membership[i][key_t]).flatten() for i in range(len(dataset.images))]
     owner = [int(torch.nonzero(membership[:, k]).flatten()[0]) for k in key_of]
-    pseudo = Dataset(dataset.root, dataset.images, texts, torch.tensor(owner).numpy(), f"{dataset.split or 'all'}-short")
+    pseudo = Dataset(dataset.root, dataset.images, texts, np.asarray(owner, np.int64), f"{dataset.split or 'all'}-short")
     folder = None
     if cache_dir:
         folder = os.path.join(cache_dir, f"{pseudo.split}-{cache_key(encoder, pseudo)}")

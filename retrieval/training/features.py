@@ -153,7 +153,7 @@ def map_image_view(dataset: Dataset, preprocess: Callable, size: int, view: int,
 
 
 def caption_features(text_fn: Callable, dataset: Dataset, folder: str | None,
-                      show_progress: bool) -> dict[str, torch.Tensor]:
+                     show_progress: bool) -> dict[str, torch.Tensor]:
     """The base text features of every caption (shortest first, so batches pad little), cached in ``folder``."""
     path = folder and os.path.join(folder, "text.safetensors")
     if path and os.path.isfile(path):

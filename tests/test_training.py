@@ -203,6 +203,16 @@ def test_tuned_text_layer_trains_saves_and_encodes_like_training(tiny_features, 
     assert fake.images_embedded == 0
 
 
+def _heads_with_a_tuned_layer(train, short=None, twins=None, **options) -> Heads:
+    """Small heads with a tuned text layer, trained 6 epochs on ``train`` with ``options`` (no dev split)."""
+    opts = TrainOptions(epochs=6, batch_size=64, seed=0, blend=1.0, hidden_dim=128, embed_dim=64, patience=100,
+                        text_layers=1, text_lr=3e-4, **options)
+    result = train_heads(train, None, opts, "bridge", show_progress=False, short=short, twins=twins)
+    heads = Heads(result.config)
+    heads.load_state_dict(result.state_dict)
+    return heads
+
+
 @needs_flickr
 def test_short_text_loss_ranks_a_phrases_images_higher(tiny_features, bridge):
     """--short-texts: the captions' noun phrases ("a black dog") are trained against every image they describe,
@@ -216,11 +226,7 @@ def test_short_text_loss_ranks_a_phrases_images_higher(tiny_features, bridge):
     assert short.texts > 20 and all(len(t.split()) <= 3 for t in short.strings)
 
     def positive_mass(weight: float) -> float:
-        options = TrainOptions(epochs=6, batch_size=64, seed=0, blend=1.0, hidden_dim=128, embed_dim=64,
-                               patience=100, text_layers=1, text_lr=3e-4, short_texts=weight)
-        result = train_heads(train, None, options, "bridge", show_progress=False, short=short)
-        heads = Heads(result.config)
-        heads.load_state_dict(result.state_dict)
+        heads = _heads_with_a_tuned_layer(train, short=short, short_texts=weight)
         img, _ = embed_features(heads, train, 1.0)
         rows = torch.arange(short.texts)
         with torch.no_grad():
@@ -249,11 +255,7 @@ def test_composition_negatives_teach_heads_the_true_caption_over_its_twin(tiny_f
     assert len(pairs) > 100
 
     def preferred(on: bool) -> float:
-        options = TrainOptions(epochs=6, batch_size=64, seed=0, blend=1.0, hidden_dim=128, embed_dim=64,
-                               patience=100, text_layers=1, text_lr=3e-4, composition_negatives=on)
-        result = train_heads(train, None, options, "bridge", show_progress=False, twins=twins)
-        heads = Heads(result.config)
-        heads.load_state_dict(result.state_dict)
+        heads = _heads_with_a_tuned_layer(train, twins=twins, composition_negatives=on)
         img, txt = embed_features(heads, train, 1.0)
         holder = replace(train, tokens=twins.tokens, caption_image=torch.zeros(twins.count, dtype=torch.long))
         with torch.no_grad():

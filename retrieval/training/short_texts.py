@@ -89,7 +89,8 @@ def compute_short_texts(encoder: Encoder, dataset: Dataset, cache_dir: str | Non
         membership[i, list(mine)] = True
     texts_of = [torch.nonzero(membership[i][key_t]).flatten() for i in range(len(dataset.images))]
     owner = [int(torch.nonzero(membership[:, k]).flatten()[0]) for k in key_of]
-    pseudo = Dataset(dataset.root, dataset.images, texts, np.asarray(owner, np.int64), f"{dataset.split or 'all'}-short")
+    pseudo = Dataset(dataset.root, dataset.images, texts, np.asarray(owner, np.int64),
+                     f"{dataset.split or 'all'}-short")
     folder = None
     if cache_dir:
         folder = os.path.join(cache_dir, f"{pseudo.split}-{cache_key(encoder, pseudo)}")

@@ -257,9 +257,9 @@ def test_composition_negatives_teach_heads_the_true_caption_over_its_twin(tiny_f
     def preferred(on: bool) -> float:
         heads = _heads_with_a_tuned_layer(train, twins=twins, composition_negatives=on)
         img, txt = embed_features(heads, train, 1.0)
-        holder = replace(train, tokens=twins.tokens, caption_image=torch.zeros(twins.count, dtype=torch.long))
         with torch.no_grad():
-            twin_txt = embed_captions(heads.embed_text, holder, torch.arange(twins.count), from_tokens=True)
+            twin_txt = embed_captions(heads.embed_text, twins.as_features(), torch.arange(twins.count),
+                                      from_tokens=True)
         cap, twin = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
         photo = img[train.caption_image[cap]]
         return float(((photo * txt[cap]).sum(1) > (photo * twin_txt[twin]).sum(1)).float().mean())

@@ -84,6 +84,16 @@ def cache_key(encoder: Encoder, dataset: Dataset, version: int = FEATURE_VERSION
     return h.hexdigest()[:16]
 
 
+def cache_folder(encoder: Encoder, dataset: Dataset, cache_dir: str | None, prefix: str = "",
+                 version: int = FEATURE_VERSION) -> str | None:
+    """The folder (created) that holds one split's cached features, named by ``cache_key``; None without a cache."""
+    if not cache_dir:
+        return None
+    folder = os.path.join(cache_dir, f"{prefix}{dataset.split or 'all'}-{cache_key(encoder, dataset, version)}")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
 def save_tensors(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write ``tensors`` as one safetensors file (``meta`` as JSON in its metadata), atomically."""
     from safetensors.torch import save_file
@@ -187,10 +197,7 @@ def compute_features(encoder: Encoder, dataset: Dataset, views: int = 0, seed: i
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     image_fn, text_fn, image_dims, text_dims, ib, tb = feature_extractors(encoder)
-    folder = None
-    if cache_dir:
-        folder = os.path.join(cache_dir, f"{dataset.split or 'all'}-{cache_key(encoder, dataset)}")
-        os.makedirs(folder, exist_ok=True)
+    folder = cache_folder(encoder, dataset, cache_dir)
     size = encoder.image_size
 
     def view_part(v: int) -> dict[str, torch.Tensor]:
@@ -271,22 +278,13 @@ class RerankFeatures(CaptionTokens):
         return replace(super().select(idx), caption_image=self.caption_image[idx])
 
 
-def _cache_folder(towers: Encoder, dataset: Dataset, cache_dir: str | None) -> str | None:
-    if not cache_dir:
-        return None
-    key = cache_key(towers, dataset, RERANK_FEATURE_VERSION)
-    folder = os.path.join(cache_dir, f"rerank-{dataset.split or 'all'}-{key}")
-    os.makedirs(folder, exist_ok=True)
-    return folder
-
-
 def compute_caption_tokens(encoder: Encoder, dataset: Dataset, cache_dir: str | None = None,
                            show_progress: bool = True) -> CaptionTokens:
     """Token states (last layer and the one before) of every caption, cached in ``cache_dir``."""
     towers = base_towers(encoder)
     if towers is None:
         raise EncoderSpecError(f"{encoder.spec} gives no token states (they need the bundled MiniLM tower)")
-    folder = _cache_folder(towers, dataset, cache_dir)
+    folder = cache_folder(towers, dataset, cache_dir, "rerank-", RERANK_FEATURE_VERSION)
     top_layer = {k: v.detach().clone() for k, v in towers.text_tower.model.encoder.layer[-1].state_dict().items()}
     path = folder and os.path.join(folder, "tokens.safetensors")
     if path and os.path.isfile(path):
@@ -319,7 +317,7 @@ def compute_rerank_features(encoder: Encoder, dataset: Dataset, views: int = 0, 
     towers = base_towers(encoder)
     if towers is None:
         raise EncoderSpecError(f"{encoder.spec} gives no region features (the fusion reranker needs the bundled towers)")
-    folder = _cache_folder(towers, dataset, cache_dir)
+    folder = cache_folder(towers, dataset, cache_dir, "rerank-", RERANK_FEATURE_VERSION)
     size = towers.image_size
     t0 = time.monotonic()
 

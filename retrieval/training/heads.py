@@ -343,8 +343,7 @@ def _twin_texts(heads: Heads, twins: TwinCaptions, caps: torch.Tensor, gen: torc
             if pool]
     if not rows:
         return None
-    holder = FeatureSet({}, {}, torch.zeros(twins.count, dtype=torch.long), {}, {}, "", "", twins.tokens)
-    return embed_captions(heads.embed_text, holder, torch.tensor(rows), from_tokens=True)
+    return embed_captions(heads.embed_text, twins.as_features(), torch.tensor(rows), from_tokens=True)
 
 
 def base_spec_for(spec: str | None) -> str:

@@ -9,7 +9,6 @@ all of them as targets.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,7 @@ from ..encoders import Encoder
 from ..encoders.heads import feature_extractors
 from ..errors import DatasetError
 from .datasets import Dataset
-from .features import FeatureSet, caption_features, cache_key, compute_caption_tokens
+from .features import FeatureSet, cache_folder, caption_features, compute_caption_tokens
 from .phrases import image_phrases
 
 
@@ -33,7 +32,6 @@ class ShortTexts:
     key_of: torch.Tensor  # (P,) int64
     image_keys: torch.Tensor  # (N, K) bool
     texts_of: list[torch.Tensor]  # per image, the ids of texts whose key describes it (possibly empty)
-
     strings: list[str]  # the texts themselves
 
     @property
@@ -88,15 +86,12 @@ def compute_short_texts(encoder: Encoder, dataset: Dataset, cache_dir: str | Non
     for i, mine in enumerate(image_keys):
         membership[i, list(mine)] = True
     texts_of = [torch.nonzero(membership[i][key_t]).flatten() for i in range(len(dataset.images))]
-    owner = [int(torch.nonzero(membership[:, k]).flatten()[0]) for k in key_of]
-    pseudo = Dataset(dataset.root, dataset.images, texts, np.asarray(owner, np.int64),
+    owner = np.asarray([int(torch.nonzero(membership[:, k]).flatten()[0]) for k in key_of], np.int64)
+    pseudo = Dataset(dataset.root, dataset.images, texts, owner,
                      f"{dataset.split or 'all'}-short")
-    folder = None
-    if cache_dir:
-        folder = os.path.join(cache_dir, f"{pseudo.split}-{cache_key(encoder, pseudo)}")
-        os.makedirs(folder, exist_ok=True)
+    folder = cache_folder(encoder, pseudo, cache_dir)
     _, text_fn, image_dims, text_dims, ib, tb = feature_extractors(encoder)
     caption_tokens = compute_caption_tokens(encoder, pseudo, cache_dir, show_progress) if tokens else None
-    feats = FeatureSet({}, caption_features(text_fn, pseudo, folder, show_progress), torch.tensor(owner),
+    feats = FeatureSet({}, caption_features(text_fn, pseudo, folder, show_progress), torch.from_numpy(owner),
                        image_dims, text_dims, ib, tb, caption_tokens)
     return ShortTexts(feats, keys, key_t, membership, texts_of, texts)

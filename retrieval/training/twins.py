@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..encoders import Encoder
 from ..errors import DatasetError
 from .datasets import Dataset
-from .features import CaptionTokens, compute_caption_tokens
+from .features import CaptionTokens, FeatureSet, compute_caption_tokens
 from .negatives import KINDS, twin_table
 
 
@@ -27,7 +28,12 @@ class TwinCaptions:
 
     @property
     def count(self) -> int:
+        """How many twins there are."""
         return int(self.tokens.offsets.shape[0]) - 1
+
+    def as_features(self) -> FeatureSet:
+        """The twins as a text-only FeatureSet (token states only), for ``heads.embed_captions``."""
+        return FeatureSet({}, {}, torch.zeros(self.count, dtype=torch.long), {}, {}, "", "", self.tokens)
 
 
 def twin_captions(encoder: Encoder, dataset: Dataset, cache_dir: str | None = None, kinds: tuple[str, ...] = KINDS,
